@@ -1,0 +1,281 @@
+//! Restore of one disk of a restore point to a sparse file, a block device, or a stream.
+//!
+//! Chunks are fetched in parallel and verified (CRC, then SHA-256 of the content) before a
+//! byte is written. A file target is written as `<target>.ferry-partial` and renamed only
+//! when complete and synced, so a failed restore never leaves a complete-looking file.
+//! Zero chunks are holes in a file; a block device gets real zeros, since it may hold old
+//! data; a stream gets every byte in order.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use crate::format::{self, Digest, Index, ZERO_DIGEST};
+use crate::lock::{LockKind, RepoLock};
+use crate::progress::Progress;
+use crate::repo::{chunk_key, Manifest};
+use crate::{ArchiveError, Repository};
+
+/// Where a restore writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A regular file, created sparse.
+    File(PathBuf),
+    /// An existing block device.
+    Device(PathBuf),
+    /// Standard output.
+    Stdout,
+}
+
+impl Target {
+    /// Picks the target kind for a path; `-` is standard output.
+    pub fn for_path(path: &str) -> Target {
+        if path == "-" {
+            return Target::Stdout;
+        }
+        let p = PathBuf::from(path);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.file_type().is_block_device() => Target::Device(p),
+            _ => Target::File(p),
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RestoreStats {
+    /// Disk size.
+    pub size: u64,
+    /// Bytes of data written.
+    pub written: u64,
+    /// Bytes of zero chunks (holes in a file).
+    pub zero: u64,
+    /// Chunks fetched and verified.
+    pub chunks: u64,
+}
+
+/// Fetches, decodes and verifies one chunk.
+pub async fn fetch_chunk(
+    repo: &Repository,
+    digest: Digest,
+    expected_len: usize,
+) -> Result<Vec<u8>, ArchiveError> {
+    let key = chunk_key(&digest);
+    let data = match repo.store().get(&key).await {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => {
+            return Err(ArchiveError::Corrupt {
+                object: format!("chunk {}", format::digest_hex(&digest)),
+                why: "missing from the repository".into(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let plain = tokio::task::spawn_blocking(move || format::decode_chunk(&data, &digest)).await??;
+    if plain.len() != expected_len {
+        return Err(ArchiveError::Corrupt {
+            object: format!("chunk {}", format::digest_hex(&digest)),
+            why: format!("{} bytes where the index needs {expected_len}", plain.len()),
+        });
+    }
+    Ok(plain)
+}
+
+/// Takes a shared lock so GC cannot remove chunks mid-restore; a read-only repository is
+/// restored without one.
+pub(crate) async fn read_lock(repo: &Repository, purpose: &str) -> Result<Option<RepoLock>, ArchiveError> {
+    match RepoLock::acquire(
+        repo.store().clone(),
+        LockKind::Shared,
+        purpose,
+        Duration::from_secs(600),
+    )
+    .await
+    {
+        Ok(l) => Ok(Some(l)),
+        Err(ArchiveError::Store(ferry_storage::StoreError::PermissionDenied { .. })) => {
+            tracing::warn!("repository is read-only: reading without a lock");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Restores disk `disk` of `manifest` to `target`.
+pub async fn restore(
+    repo: &Repository,
+    manifest: &Manifest,
+    disk: usize,
+    target: &Target,
+    concurrency: usize,
+    progress: Arc<Progress>,
+) -> Result<RestoreStats, ArchiveError> {
+    let lock = read_lock(repo, &format!("restore of {}", manifest.id)).await?;
+    let res = restore_locked(repo, manifest, disk, target, concurrency, progress).await;
+    if let Some(l) = lock {
+        l.release().await?;
+    }
+    res
+}
+
+async fn restore_locked(
+    repo: &Repository,
+    manifest: &Manifest,
+    disk: usize,
+    target: &Target,
+    concurrency: usize,
+    progress: Arc<Progress>,
+) -> Result<RestoreStats, ArchiveError> {
+    let index = Arc::new(repo.load_index(manifest, disk).await?);
+    progress.add_total(index.disk_size);
+    match target {
+        Target::File(path) => restore_file(repo, &index, path, concurrency, &progress).await,
+        Target::Device(path) => {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| target_err(path, e))?;
+            let f = Arc::new(f);
+            let stats = write_positional(repo, &index, f.clone(), true, path, concurrency, &progress)
+                .await?;
+            f.sync_all().map_err(|e| target_err(path, e))?;
+            Ok(stats)
+        }
+        Target::Stdout => restore_stream(repo, &index, concurrency, &progress).await,
+    }
+}
+
+fn target_err(path: &Path, e: std::io::Error) -> ArchiveError {
+    ArchiveError::Target {
+        target: path.display().to_string(),
+        source: e,
+    }
+}
+
+async fn restore_file(
+    repo: &Repository,
+    index: &Arc<Index>,
+    path: &Path,
+    concurrency: usize,
+    progress: &Arc<Progress>,
+) -> Result<RestoreStats, ArchiveError> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".ferry-partial");
+    let partial = PathBuf::from(partial);
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&partial)
+        .map_err(|e| target_err(&partial, e))?;
+    f.set_len(index.disk_size)
+        .map_err(|e| target_err(&partial, e))?;
+    let f = Arc::new(f);
+    let res = write_positional(repo, index, f.clone(), false, &partial, concurrency, progress).await;
+    let res = res.and_then(|stats| {
+        f.sync_all().map_err(|e| target_err(&partial, e))?;
+        std::fs::rename(&partial, path).map_err(|e| target_err(path, e))?;
+        Ok(stats)
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    res
+}
+
+async fn write_positional(
+    repo: &Repository,
+    index: &Arc<Index>,
+    file: Arc<File>,
+    write_zeros: bool,
+    path: &Path,
+    concurrency: usize,
+    progress: &Arc<Progress>,
+) -> Result<RestoreStats, ArchiveError> {
+    let mut stats = RestoreStats {
+        size: index.disk_size,
+        ..Default::default()
+    };
+    let mut jobs = stream::iter(0..index.entries.len())
+        .map(|i| {
+            let index = index.clone();
+            let file = file.clone();
+            let path = path.to_path_buf();
+            async move {
+                let (off, len) = index.chunk_range(i);
+                let digest = index.entries[i];
+                let data = if digest == ZERO_DIGEST {
+                    if !write_zeros {
+                        return Ok::<_, ArchiveError>((len, true));
+                    }
+                    vec![0u8; len]
+                } else {
+                    fetch_chunk(repo, digest, len).await?
+                };
+                tokio::task::spawn_blocking(move || file.write_all_at(&data, off))
+                    .await?
+                    .map_err(|e| target_err(&path, e))?;
+                Ok((len, digest == ZERO_DIGEST))
+            }
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some((len, zero)) = jobs.try_next().await? {
+        let len = len as u64;
+        if zero {
+            stats.zero += len;
+        } else {
+            stats.written += len;
+            stats.chunks += 1;
+            progress.add_read(len);
+        }
+        progress.add_done(len);
+    }
+    Ok(stats)
+}
+
+async fn restore_stream(
+    repo: &Repository,
+    index: &Arc<Index>,
+    concurrency: usize,
+    progress: &Arc<Progress>,
+) -> Result<RestoreStats, ArchiveError> {
+    let mut stats = RestoreStats {
+        size: index.disk_size,
+        ..Default::default()
+    };
+    let mut out = std::io::stdout().lock();
+    let mut jobs = stream::iter(0..index.entries.len())
+        .map(|i| {
+            let index = index.clone();
+            async move {
+                let (_, len) = index.chunk_range(i);
+                let digest = index.entries[i];
+                if digest == ZERO_DIGEST {
+                    Ok::<_, ArchiveError>((vec![0u8; len], true))
+                } else {
+                    Ok((fetch_chunk(repo, digest, len).await?, false))
+                }
+            }
+        })
+        .buffered(concurrency.max(1));
+    while let Some((data, zero)) = jobs.try_next().await? {
+        out.write_all(&data)
+            .map_err(|e| target_err(Path::new("<stdout>"), e))?;
+        let len = data.len() as u64;
+        if zero {
+            stats.zero += len;
+        } else {
+            stats.written += len;
+            stats.chunks += 1;
+        }
+        progress.add_done(len);
+    }
+    out.flush()
+        .map_err(|e| target_err(Path::new("<stdout>"), e))?;
+    Ok(stats)
+}
