@@ -1,0 +1,2 @@
+//! ferry-agent: the appliance API.
+fn main() {}

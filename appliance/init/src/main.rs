@@ -1,0 +1,2 @@
+//! ferry-init: PID 1 of the Ferry appliance.
+fn main() {}

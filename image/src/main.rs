@@ -1,0 +1,2 @@
+//! ferry-image: assembles the appliance boot artifacts.
+fn main() {}

@@ -1,0 +1,1 @@
+//! QEMU harness for Ferry's boot tests.
