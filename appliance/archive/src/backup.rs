@@ -125,7 +125,9 @@ pub async fn backup(
 ) -> Result<Manifest, ArchiveError> {
     let chunk_size = opts.chunk_size.unwrap_or(repo.config().chunk_size);
     repo::check_chunk_size(chunk_size)?;
-    let level = opts.compression_level.unwrap_or(repo.config().compression_level);
+    let level = opts
+        .compression_level
+        .unwrap_or(repo.config().compression_level);
     repo::check_level(level)?;
     if disks.is_empty() {
         return Err(ArchiveError::Invalid {
@@ -212,7 +214,10 @@ async fn run(
                 Some(c)
             }
             (Some(_), None) => {
-                warn!("{}: changed-extent map given but no usable parent: full read", d.name);
+                warn!(
+                    "{}: changed-extent map given but no usable parent: full read",
+                    d.name
+                );
                 None
             }
             (None, _) => None,
@@ -345,10 +350,13 @@ async fn backup_disk(
     let mut index = Index {
         disk_size: ctx.size,
         chunk_size,
-        entries: vec![ZERO_DIGEST; usize::try_from(nchunks).map_err(|_| ArchiveError::Invalid {
-            what: "disk size",
-            why: "too many chunks for this platform".into(),
-        })?],
+        entries: vec![
+            ZERO_DIGEST;
+            usize::try_from(nchunks).map_err(|_| ArchiveError::Invalid {
+                what: "disk size",
+                why: "too many chunks for this platform".into(),
+            })?
+        ],
     };
     let windows = stream::iter((0..nchunks.div_ceil(WINDOW_CHUNKS)).map(|w| {
         let first = w * WINDOW_CHUNKS;
@@ -370,7 +378,10 @@ async fn backup_disk(
     while let Some((i, len, (digest, outcome))) = results.try_next().await? {
         let len = len as u64;
         index.entries[i as usize] = digest;
-        if matches!(outcome, Outcome::ZeroRead | Outcome::Reused | Outcome::New { .. }) {
+        if matches!(
+            outcome,
+            Outcome::ZeroRead | Outcome::Reused | Outcome::New { .. }
+        ) {
             stats.read += len;
         }
         match outcome {
@@ -387,7 +398,6 @@ async fn backup_disk(
     }
     Ok((index, stats))
 }
-
 
 async fn process_chunk(
     ctx: &DiskCtx,

@@ -191,8 +191,8 @@ fn decode_body(o: &Opened<'_>, what: &str, limit: u64) -> Result<Vec<u8>, Archiv
         _ => {
             // plain_len <= limit, which fits in usize on every supported target.
             let cap = usize::try_from(o.plain_len).map_err(|_| corrupt("size overflow".into()))?;
-            let out = zstd::bulk::decompress(o.body, cap)
-                .map_err(|e| corrupt(format!("zstd: {e}")))?;
+            let out =
+                zstd::bulk::decompress(o.body, cap).map_err(|e| corrupt(format!("zstd: {e}")))?;
             if out.len() as u64 != o.plain_len {
                 return Err(corrupt(format!(
                     "decoded {} bytes, header says {}",
@@ -217,7 +217,9 @@ pub fn is_zero(data: &[u8]) -> bool {
         // SAFETY: every bit pattern is a valid u64, and align_to only yields aligned words.
         unsafe { data.align_to::<u64>() }
     };
-    prefix.iter().all(|&b| b == 0) && suffix.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0)
+    prefix.iter().all(|&b| b == 0)
+        && suffix.iter().all(|&b| b == 0)
+        && words.iter().all(|&w| w == 0)
 }
 
 /// Hex form of a digest.
@@ -239,7 +241,12 @@ pub fn encode_chunk(plain: &[u8], level: i32) -> Result<Vec<u8>, ArchiveError> {
         why: format!("zstd compression failed: {e}"),
     })?;
     if compressed.len() < plain.len() {
-        Ok(seal(Kind::Chunk, CODEC_ZSTD, plain.len() as u64, &compressed))
+        Ok(seal(
+            Kind::Chunk,
+            CODEC_ZSTD,
+            plain.len() as u64,
+            &compressed,
+        ))
     } else {
         Ok(seal(Kind::Chunk, CODEC_RAW, plain.len() as u64, plain))
     }

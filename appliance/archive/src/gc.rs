@@ -38,7 +38,8 @@ pub struct GcReport {
 
 /// Runs GC, waiting up to `lock_wait` for running backups.
 pub async fn gc(repo: &Repository, lock_wait: Duration) -> Result<GcReport, ArchiveError> {
-    let lock = RepoLock::acquire(repo.store().clone(), LockKind::Exclusive, "gc", lock_wait).await?;
+    let lock =
+        RepoLock::acquire(repo.store().clone(), LockKind::Exclusive, "gc", lock_wait).await?;
     let res = gc_locked(repo).await;
     lock.release().await?;
     res
@@ -65,7 +66,11 @@ async fn gc_locked(repo: &Repository) -> Result<GcReport, ArchiveError> {
     // every live writer is excluded by our lock.
     let committed: HashSet<&str> = ids.iter().map(String::as_str).collect();
     for obj in store.list("points/").await? {
-        let Some((id, _)) = obj.key.strip_prefix("points/").and_then(|r| r.split_once('/')) else {
+        let Some((id, _)) = obj
+            .key
+            .strip_prefix("points/")
+            .and_then(|r| r.split_once('/'))
+        else {
             continue;
         };
         if !committed.contains(id) && !live_indexes.contains(&obj.key) {

@@ -79,7 +79,9 @@ pub enum ArchiveError {
         why: String,
     },
     /// An object was written by a newer Ferry.
-    #[error("{object} has format version {found}, this build reads up to {supported}: upgrade Ferry")]
+    #[error(
+        "{object} has format version {found}, this build reads up to {supported}: upgrade Ferry"
+    )]
     NewerFormat {
         /// Which object.
         object: String,

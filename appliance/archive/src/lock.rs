@@ -280,11 +280,14 @@ mod tests {
         let x = RepoLock::acquire(store.clone(), LockKind::Exclusive, "gc", Duration::ZERO)
             .await
             .unwrap();
-        assert!(
-            RepoLock::acquire(store.clone(), LockKind::Shared, "c", Duration::from_millis(300))
-                .await
-                .is_err()
-        );
+        assert!(RepoLock::acquire(
+            store.clone(),
+            LockKind::Shared,
+            "c",
+            Duration::from_millis(300)
+        )
+        .await
+        .is_err());
         x.release().await.unwrap();
         assert!(store.list("locks/").await.unwrap().is_empty());
     }
@@ -303,7 +306,10 @@ mod tests {
             refreshed: now_secs(),
         };
         store
-            .put("locks/dead", Bytes::from(format::encode_json(Kind::Lock, &info).unwrap()))
+            .put(
+                "locks/dead",
+                Bytes::from(format::encode_json(Kind::Lock, &info).unwrap()),
+            )
             .await
             .unwrap();
         let l = RepoLock::acquire(store.clone(), LockKind::Shared, "b", Duration::ZERO)

@@ -36,9 +36,16 @@ pub struct KeepOptions {
 impl KeepOptions {
     /// True when at least one rule is set.
     pub fn any(&self) -> bool {
-        [self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly]
-            .iter()
-            .any(Option::is_some)
+        [
+            self.last,
+            self.hourly,
+            self.daily,
+            self.weekly,
+            self.monthly,
+            self.yearly,
+        ]
+        .iter()
+        .any(Option::is_some)
     }
 }
 
@@ -59,7 +66,13 @@ fn period(t: i64, rule: usize) -> String {
     let d = OffsetDateTime::from_unix_timestamp(t).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     match rule {
         0 => format!("{}", t),
-        1 => format!("{}-{:02}-{:02}T{:02}", d.year(), u8::from(d.month()), d.day(), d.hour()),
+        1 => format!(
+            "{}-{:02}-{:02}T{:02}",
+            d.year(),
+            u8::from(d.month()),
+            d.day(),
+            d.hour()
+        ),
         2 => format!("{}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()),
         3 => {
             let (y, w, _) = d.to_iso_week_date();
@@ -125,7 +138,15 @@ pub async fn prune(
     let lock = if dry_run {
         None
     } else {
-        Some(RepoLock::acquire(repo.store().clone(), LockKind::Shared, "prune", Duration::from_secs(600)).await?)
+        Some(
+            RepoLock::acquire(
+                repo.store().clone(),
+                LockKind::Shared,
+                "prune",
+                Duration::from_secs(600),
+            )
+            .await?,
+        )
     };
     let res = prune_locked(repo, group, opts, dry_run).await;
     if let Some(l) = lock {
@@ -208,17 +229,36 @@ mod tests {
             ("e", "2026-11-03T11:00:00Z"),
         ];
         assert_eq!(
-            kept(&pts, KeepOptions { last: Some(2), ..Default::default() }),
+            kept(
+                &pts,
+                KeepOptions {
+                    last: Some(2),
+                    ..Default::default()
+                }
+            ),
             vec!["e", "d"]
         );
         // Newest of each of the last 2 days.
         assert_eq!(
-            kept(&pts, KeepOptions { daily: Some(2), ..Default::default() }),
+            kept(
+                &pts,
+                KeepOptions {
+                    daily: Some(2),
+                    ..Default::default()
+                }
+            ),
             vec!["e", "c"]
         );
         // keep-last covers 11-03, so daily keeps 11-02 and 11-01.
         assert_eq!(
-            kept(&pts, KeepOptions { last: Some(1), daily: Some(2), ..Default::default() }),
+            kept(
+                &pts,
+                KeepOptions {
+                    last: Some(1),
+                    daily: Some(2),
+                    ..Default::default()
+                }
+            ),
             vec!["e", "c", "b"]
         );
         assert_eq!(kept(&pts, KeepOptions::default()).len(), 5);
@@ -235,15 +275,33 @@ mod tests {
             ("w2b", "2026-11-24T00:00:00Z"),
         ];
         assert_eq!(
-            kept(&pts, KeepOptions { weekly: Some(2), ..Default::default() }),
+            kept(
+                &pts,
+                KeepOptions {
+                    weekly: Some(2),
+                    ..Default::default()
+                }
+            ),
             vec!["w2b", "w1"]
         );
         assert_eq!(
-            kept(&pts, KeepOptions { monthly: Some(2), ..Default::default() }),
+            kept(
+                &pts,
+                KeepOptions {
+                    monthly: Some(2),
+                    ..Default::default()
+                }
+            ),
             vec!["w2b", "2025b"]
         );
         assert_eq!(
-            kept(&pts, KeepOptions { yearly: Some(5), ..Default::default() }),
+            kept(
+                &pts,
+                KeepOptions {
+                    yearly: Some(5),
+                    ..Default::default()
+                }
+            ),
             vec!["w2b", "2025b", "2024"]
         );
     }

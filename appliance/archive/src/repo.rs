@@ -156,8 +156,8 @@ pub fn validate_point_id(id: &str) -> Result<(), ArchiveError> {
 
 /// A new restore point id for `now`.
 pub fn new_point_id(now: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(now)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(now).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
     let stamp = t.format(&fmt).unwrap_or_else(|_| now.to_string());
     format!("{stamp}-{:08x}", rand::random::<u32>())
@@ -258,8 +258,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        let m: Manifest =
-            format::decode_json(Kind::Manifest, &data, &format!("manifest of {id}"))?;
+        let m: Manifest = format::decode_json(Kind::Manifest, &data, &format!("manifest of {id}"))?;
         if m.id != id {
             return Err(ArchiveError::Corrupt {
                 object: format!("manifest of {id}"),

@@ -88,7 +88,10 @@ pub async fn fetch_chunk(
 
 /// Takes a shared lock so GC cannot remove chunks mid-restore; a read-only repository is
 /// restored without one.
-pub(crate) async fn read_lock(repo: &Repository, purpose: &str) -> Result<Option<RepoLock>, ArchiveError> {
+pub(crate) async fn read_lock(
+    repo: &Repository,
+    purpose: &str,
+) -> Result<Option<RepoLock>, ArchiveError> {
     match RepoLock::acquire(
         repo.store().clone(),
         LockKind::Shared,
@@ -141,8 +144,9 @@ async fn restore_locked(
                 .open(path)
                 .map_err(|e| target_err(path, e))?;
             let f = Arc::new(f);
-            let stats = write_positional(repo, &index, f.clone(), true, path, concurrency, &progress)
-                .await?;
+            let stats =
+                write_positional(repo, &index, f.clone(), true, path, concurrency, &progress)
+                    .await?;
             f.sync_all().map_err(|e| target_err(path, e))?;
             Ok(stats)
         }
@@ -176,7 +180,16 @@ async fn restore_file(
     f.set_len(index.disk_size)
         .map_err(|e| target_err(&partial, e))?;
     let f = Arc::new(f);
-    let res = write_positional(repo, index, f.clone(), false, &partial, concurrency, progress).await;
+    let res = write_positional(
+        repo,
+        index,
+        f.clone(),
+        false,
+        &partial,
+        concurrency,
+        progress,
+    )
+    .await;
     let res = res.and_then(|stats| {
         f.sync_all().map_err(|e| target_err(&partial, e))?;
         std::fs::rename(&partial, path).map_err(|e| target_err(path, e))?;

@@ -183,7 +183,8 @@ impl FileSource {
     }
 
     fn lseek(&self, off: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
-        let off = libc::off_t::try_from(off).map_err(|_| std::io::Error::other("offset overflow"))?;
+        let off =
+            libc::off_t::try_from(off).map_err(|_| std::io::Error::other("offset overflow"))?;
         // SAFETY: lseek on a valid, owned descriptor has no memory effects.
         let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
         if r < 0 {

@@ -169,8 +169,8 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
 /// Opens a store from a location: `file:///path`, or a plain filesystem path.
 pub fn open_store(location: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if let Some(rest) = location.strip_prefix("file://") {
-        let url = url::Url::parse(location)
-            .map_err(|_| StoreError::BadLocation(location.to_string()))?;
+        let url =
+            url::Url::parse(location).map_err(|_| StoreError::BadLocation(location.to_string()))?;
         let path = url
             .to_file_path()
             .map_err(|()| StoreError::BadLocation(rest.to_string()))?;
@@ -191,7 +191,9 @@ mod tests {
         for good in ["config", "chunks/ab/abcdef", "points/2026-x.manifest"] {
             validate_key(good).unwrap();
         }
-        for bad in ["", "/abs", "a/../b", "a//b", "a/", "a/.tmp-x", "sp ace", "a/./b"] {
+        for bad in [
+            "", "/abs", "a/../b", "a//b", "a/", "a/.tmp-x", "sp ace", "a/./b",
+        ] {
             assert!(validate_key(bad).is_err(), "{bad:?} accepted");
         }
     }

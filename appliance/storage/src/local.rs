@@ -68,7 +68,13 @@ impl LocalStore {
             match fs::create_dir(d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(StoreError::from_io("create directory", &d.to_string_lossy(), e)),
+                Err(e) => {
+                    return Err(StoreError::from_io(
+                        "create directory",
+                        &d.to_string_lossy(),
+                        e,
+                    ))
+                }
             }
             if let Some(p) = d.parent() {
                 self.mark_dirty(p.to_path_buf());
@@ -247,11 +253,13 @@ fn mtime_secs(meta: &fs::Metadata) -> u64 {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Io {
-        op: "background task",
-        key: String::new(),
-        source: std::io::Error::other(e.to_string()),
-    })?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io {
+            op: "background task",
+            key: String::new(),
+            source: std::io::Error::other(e.to_string()),
+        })?
 }
 
 #[async_trait]
@@ -341,7 +349,13 @@ mod tests {
         assert!(s.exists("a/b/c").await.unwrap());
         assert!(!s.put_new("a/b/c", Bytes::from_static(b"x")).await.unwrap());
         assert!(s.put_new("a/b/d", Bytes::from_static(b"x")).await.unwrap());
-        let mut keys: Vec<_> = s.list("a/").await.unwrap().into_iter().map(|o| o.key).collect();
+        let mut keys: Vec<_> = s
+            .list("a/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         keys.sort();
         assert_eq!(keys, vec!["a/b/c", "a/b/d"]);
         assert_eq!(s.list("a/b/c").await.unwrap().len(), 1);

@@ -1,1 +1,460 @@
-fn main() {}
+//! `ferry`: standalone backup, restore, verify, prune and GC on a Ferry repository.
+//!
+//! Exit codes: 0 success; 1 error; 2 usage error; 3 verify found damage; 4 repository locked.
+
+mod demo;
+mod output;
+mod sources;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use ferry_archive::prune::KeepOptions;
+use ferry_archive::restore::Target;
+use ferry_archive::{ArchiveError, BackupOptions, ChangedExtents, Progress, Repository};
+
+use crate::output::{human_bytes, Reporter};
+
+/// Ferry: deduplicated, compressed backups of disks.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about, long_about = None)]
+struct Cli {
+    /// Repository location (a path or file:///path).
+    #[arg(long, short = 'r', global = true, env = "FERRY_REPO")]
+    repo: Option<String>,
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output (-v info, -vv debug).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create or inspect a repository.
+    #[command(subcommand)]
+    Repo(RepoCmd),
+    /// Back up one or more disks into a new restore point.
+    Backup(BackupArgs),
+    /// Restore one disk of a restore point.
+    Restore(RestoreArgs),
+    /// List restore points.
+    List {
+        /// Only this backup group.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Re-read and re-hash every chunk of some or all restore points.
+    Verify {
+        /// Restore points (ids, unique prefixes, or `latest`); all when none.
+        points: Vec<String>,
+    },
+    /// Remove restore points by retention rules.
+    Prune(PruneArgs),
+    /// Delete chunks that no restore point references.
+    Gc {
+        /// Seconds to wait for running backups.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
+    /// Generate a sample disk, back it up, change it, back it up again, restore and verify.
+    Demo {
+        /// Working directory (created; reused if it exists).
+        #[arg(long, default_value = "ferry-demo")]
+        dir: PathBuf,
+        /// Size of the sample disk.
+        #[arg(long, default_value = "1G")]
+        size: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RepoCmd {
+    /// Create a repository.
+    Init {
+        /// Chunk size (1M to 16M).
+        #[arg(long, default_value = "4M")]
+        chunk_size: String,
+        /// zstd level (1 to 19).
+        #[arg(long, default_value_t = 3)]
+        compression_level: i32,
+    },
+    /// Show repository statistics.
+    Stats,
+    /// Remove stale locks (of processes that are gone); with --force, all locks.
+    Unlock {
+        /// Also remove locks of live processes.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    /// A disk to back up: a raw image or block device. Repeat for several disks.
+    #[arg(long = "source", short = 's', required = true)]
+    sources: Vec<String>,
+    /// Backup group (VM or machine name); defaults to the first source's file name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Use the group's latest restore point as parent.
+    #[arg(long, conflicts_with = "parent")]
+    incremental: bool,
+    /// Parent restore point.
+    #[arg(long)]
+    parent: Option<String>,
+    /// Changed extents since the parent (`OFFSET LENGTH` lines), one file per source in order.
+    #[arg(long = "changed-extents")]
+    changed: Vec<PathBuf>,
+    /// Chunk size (1M to 16M); the repository default if not given.
+    #[arg(long)]
+    chunk_size: Option<String>,
+    /// zstd level (1 to 19); the repository default if not given.
+    #[arg(long)]
+    compression_level: Option<i32>,
+    /// Chunks in flight.
+    #[arg(long)]
+    concurrency: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    /// Restore point: id, unique id prefix, or `latest`.
+    point: String,
+    /// Disk index or name; the first disk if not given.
+    #[arg(long)]
+    disk: Option<String>,
+    /// Where to write: a file (created sparse), a block device, or `-` for stdout.
+    #[arg(long, short = 't')]
+    target: String,
+    /// With `latest`: the group.
+    #[arg(long)]
+    group: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct PruneArgs {
+    /// Keep the newest N restore points.
+    #[arg(long)]
+    keep_last: Option<u32>,
+    /// Keep one per hour for N hours.
+    #[arg(long)]
+    keep_hourly: Option<u32>,
+    /// Keep one per day for N days.
+    #[arg(long)]
+    keep_daily: Option<u32>,
+    /// Keep one per week for N weeks.
+    #[arg(long)]
+    keep_weekly: Option<u32>,
+    /// Keep one per month for N months.
+    #[arg(long)]
+    keep_monthly: Option<u32>,
+    /// Keep one per year for N years.
+    #[arg(long)]
+    keep_yearly: Option<u32>,
+    /// Only this group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Show what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Parses `4M`, `1048576`, `16MiB`.
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
+    ferry_testkit::parse_size(t).with_context(|| format!("invalid size {s:?}"))
+}
+
+fn chunk_size(s: &str) -> anyhow::Result<u32> {
+    let v = parse_size(s)?;
+    u32::try_from(v).with_context(|| format!("chunk size {s} is too large"))
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: error: {e:#}");
+            let locked = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<ArchiveError>(),
+                    Some(ArchiveError::Locked(_))
+                )
+            });
+            ExitCode::from(if locked { 4 } else { 1 })
+        }
+    }
+}
+
+fn repo_location(cli: &Cli) -> anyhow::Result<String> {
+    cli.repo
+        .clone()
+        .context("no repository given: pass --repo PATH or set FERRY_REPO")
+}
+
+async fn open_repo(cli: &Cli) -> anyhow::Result<Repository> {
+    let loc = repo_location(cli)?;
+    let store = ferry_storage::open_store(&loc)?;
+    Ok(Repository::open(store).await?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let rep = Reporter::new(cli.json);
+    match &cli.cmd {
+        Cmd::Repo(RepoCmd::Init {
+            chunk_size: cs,
+            compression_level,
+        }) => {
+            let loc = repo_location(&cli)?;
+            let store = ferry_storage::open_store(&loc)?;
+            let repo = Repository::init(store, chunk_size(cs)?, *compression_level).await?;
+            rep.result(repo.config(), || {
+                format!(
+                    "created repository {} at {loc} ({} chunks, zstd level {})",
+                    repo.config().id,
+                    human_bytes(u64::from(repo.config().chunk_size)),
+                    repo.config().compression_level
+                )
+            });
+        }
+        Cmd::Repo(RepoCmd::Stats) => {
+            let repo = open_repo(&cli).await?;
+            let stats = output::repo_stats(&repo).await?;
+            rep.result(&stats, || stats.to_string());
+        }
+        Cmd::Repo(RepoCmd::Unlock { force }) => {
+            let repo = open_repo(&cli).await?;
+            let removed = ferry_archive::lock::unlock(repo.store().as_ref(), *force).await?;
+            rep.result(&removed, || {
+                if removed.is_empty() {
+                    "no stale locks".to_string()
+                } else {
+                    removed
+                        .iter()
+                        .map(|r| format!("removed {r}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
+            });
+        }
+        Cmd::Backup(a) => {
+            let repo = open_repo(&cli).await?;
+            let m = do_backup(&repo, a, &rep).await?;
+            rep.result(&m, || output::backup_summary(&m));
+        }
+        Cmd::Restore(a) => {
+            let repo = open_repo(&cli).await?;
+            let m = repo.resolve_point(&a.point, a.group.as_deref()).await?;
+            let disk = match &a.disk {
+                None => 0,
+                Some(d) => match d.parse::<usize>() {
+                    Ok(n) => n,
+                    Err(_) => m
+                        .disks
+                        .iter()
+                        .position(|x| &x.name == d)
+                        .with_context(|| format!("restore point {} has no disk {d:?}", m.id))?,
+                },
+            };
+            let size = m
+                .disks
+                .get(disk)
+                .with_context(|| format!("restore point {} has no disk {disk}", m.id))?
+                .size;
+            let target = Target::for_path(&a.target);
+            let progress = Arc::new(Progress::default());
+            let bar = rep.progress_bar(progress.clone(), "restore", size);
+            let started = std::time::Instant::now();
+            let res = ferry_archive::restore::restore(
+                &repo,
+                &m,
+                disk,
+                &target,
+                default_concurrency(),
+                progress,
+            )
+            .await;
+            bar.finish();
+            let stats = res?;
+            if target != Target::Stdout || cli.json {
+                rep.result(&stats, || {
+                    format!(
+                        "restored {} disk {} ({}) to {}: {} written, {} zero, {} in {:.1}s",
+                        m.id,
+                        disk,
+                        human_bytes(stats.size),
+                        a.target,
+                        human_bytes(stats.written),
+                        human_bytes(stats.zero),
+                        output::rate(stats.size, started.elapsed()),
+                        started.elapsed().as_secs_f64()
+                    )
+                });
+            }
+        }
+        Cmd::List { group } => {
+            let repo = open_repo(&cli).await?;
+            let points: Vec<_> = repo
+                .list_points()
+                .await?
+                .into_iter()
+                .filter(|m| group.as_ref().is_none_or(|g| &m.group == g))
+                .collect();
+            rep.result(&points, || output::list_table(&points));
+        }
+        Cmd::Verify { points } => {
+            let repo = open_repo(&cli).await?;
+            let mut ids = Vec::new();
+            for p in points {
+                ids.push(repo.resolve_point(p, None).await?.id);
+            }
+            let progress = Arc::new(Progress::default());
+            let bar = rep.progress_bar(progress.clone(), "verify", 0);
+            let res =
+                ferry_archive::verify::verify(&repo, &ids, default_concurrency(), progress).await;
+            bar.finish();
+            let report = res?;
+            rep.result(&report, || output::verify_text(&report));
+            if !report.ok() {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Cmd::Prune(a) => {
+            let opts = KeepOptions {
+                last: a.keep_last,
+                hourly: a.keep_hourly,
+                daily: a.keep_daily,
+                weekly: a.keep_weekly,
+                monthly: a.keep_monthly,
+                yearly: a.keep_yearly,
+            };
+            if !opts.any() {
+                bail!("no retention rule given: pass at least one --keep-* option");
+            }
+            let repo = open_repo(&cli).await?;
+            let decisions =
+                ferry_archive::prune::prune(&repo, a.group.as_deref(), &opts, a.dry_run).await?;
+            rep.result(&decisions, || output::prune_text(&decisions, a.dry_run));
+        }
+        Cmd::Gc { wait } => {
+            let repo = open_repo(&cli).await?;
+            let r = ferry_archive::gc::gc(&repo, Duration::from_secs(*wait)).await?;
+            rep.result(&r, || {
+                format!(
+                    "gc: {} restore points, {} live chunks; removed {} chunks ({}), {} orphaned indexes, {} temporaries",
+                    r.points,
+                    r.live_chunks,
+                    r.removed_chunks,
+                    human_bytes(r.removed_bytes),
+                    r.removed_orphans,
+                    r.removed_temporaries
+                )
+            });
+        }
+        Cmd::Demo { dir, size } => {
+            let size = parse_size(size)?;
+            return demo::run(dir, size, &rep).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_concurrency() -> usize {
+    BackupOptions::new("x").concurrency
+}
+
+async fn do_backup(
+    repo: &Repository,
+    a: &BackupArgs,
+    rep: &Reporter,
+) -> anyhow::Result<ferry_archive::Manifest> {
+    if !a.changed.is_empty() && a.changed.len() != a.sources.len() {
+        bail!(
+            "{} --changed-extents files for {} sources: give one per source, in order",
+            a.changed.len(),
+            a.sources.len()
+        );
+    }
+    let mut disks = Vec::new();
+    for (n, spec) in a.sources.iter().enumerate() {
+        let mut input = sources::open(spec).await?;
+        if let Some(p) = a.changed.get(n) {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading changed extents {}", p.display()))?;
+            let map = ChangedExtents::parse_text(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            input.changed = Some(map);
+        }
+        disks.push(input);
+    }
+    let group = match &a.name {
+        Some(n) => n.clone(),
+        None => disks[0].name.clone(),
+    };
+    let mut opts = BackupOptions::new(&group);
+    if let Some(cs) = &a.chunk_size {
+        opts.chunk_size = Some(chunk_size(cs)?);
+    }
+    opts.compression_level = a.compression_level;
+    if let Some(c) = a.concurrency {
+        opts.concurrency = c;
+    }
+    opts.parent = if a.incremental {
+        match repo.resolve_point("latest", Some(&group)).await {
+            Ok(m) => Some(m.id),
+            Err(ArchiveError::NotFound(_)) => {
+                tracing::warn!("no earlier restore point of {group}: taking a full backup");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else if let Some(p) = &a.parent {
+        Some(repo.resolve_point(p, None).await?.id)
+    } else {
+        None
+    };
+    if !a.changed.is_empty() && opts.parent.is_none() {
+        tracing::warn!("changed extents given without a parent: reading everything");
+    }
+    let total: u64 = disks.iter().map(|d| d.source.size()).sum();
+    let progress = Arc::new(Progress::default());
+    let bar = rep.progress_bar(progress.clone(), "backup", total);
+    let res = ferry_archive::backup(repo, disks, &opts, progress).await;
+    bar.finish();
+    Ok(res?)
+}

@@ -166,7 +166,12 @@ impl MixedDisk {
 
     /// Writes a copy of the disk to `to` with `percent`% of its 1 MiB blocks rewritten with
     /// new random data (some in former holes). Returns the rewritten (offset, length) ranges.
-    pub fn write_modified(&self, _base: &Path, to: &Path, percent: f64) -> std::io::Result<Vec<(u64, u64)>> {
+    pub fn write_modified(
+        &self,
+        _base: &Path,
+        to: &Path,
+        percent: f64,
+    ) -> std::io::Result<Vec<(u64, u64)>> {
         self.write(to)?;
         let f = OpenOptions::new().write(true).open(to)?;
         let blocks = self.size.div_ceil(MIB);

@@ -50,12 +50,13 @@ fn main() -> anyhow::Result<()> {
         let changed = layout
             .write_modified(&a.out, m, a.change_percent)
             .with_context(|| format!("writing {}", m.display()))?;
-        println!("{}: {} blocks of 1 MiB rewritten", m.display(), changed.len());
+        println!(
+            "{}: {} blocks of 1 MiB rewritten",
+            m.display(),
+            changed.len()
+        );
         if let Some(p) = &a.changed_map {
-            let text: String = changed
-                .iter()
-                .map(|(o, l)| format!("{o} {l}\n"))
-                .collect();
+            let text: String = changed.iter().map(|(o, l)| format!("{o} {l}\n")).collect();
             std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
         }
     }
