@@ -1,0 +1,590 @@
+//! Config: owns the appliance settings, where each came from, and what was
+//! wrong with them.
+//!
+//! Sources, highest precedence first:
+//! 1. the kernel command line, `ferry.<key>=<value>` (tests and rescue);
+//! 2. the persisted state directory, `<state>/config.json`, a flat JSON object
+//!    of the same keys with string values;
+//! 3. built-in defaults.
+//!
+//! (The next issue inserts the OVF environment and guestinfo between 1 and 2.)
+//!
+//! A bad entry never stops the boot: an unknown key or a malformed value is
+//! recorded in [`Config::errors`] (printed on the console and served in
+//! `/v1/status`) and that entry is ignored, so a lower-precedence value or the
+//! default applies. A static network without a valid address falls back to
+//! DHCP.
+//!
+//! Keys: `hostname`, `net` (`dhcp` | `static`), `ip` (`A.B.C.D/prefix`, implies
+//! static), `gateway`, `dns` and `ntp` (comma-separated), `mgmt`
+//! (`host[:port]`), `token` (secret, never logged), `log`
+//! (`error`..`trace`), `debug` (`0`/`1`, enables test hooks in the agent).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use serde::Serialize;
+
+/// Prefix of our keys on the kernel command line.
+pub const CMDLINE_PREFIX: &str = "ferry.";
+/// File name of the persisted config inside the state directory.
+pub const STATE_CONFIG_FILE: &str = "config.json";
+/// Default state directory (the state partition is mounted here later).
+pub const STATE_DIR: &str = "/var/lib/ferry";
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Cmdline,
+    State,
+    Default,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Cmdline => "cmdline",
+            Source::State => "state",
+            Source::Default => "default",
+        })
+    }
+}
+
+/// A key the appliance understands, with its validator.
+struct Key {
+    name: &'static str,
+    secret: bool,
+    validate: fn(&str) -> Result<(), String>,
+}
+
+const KEYS: &[Key] = &[
+    Key {
+        name: "hostname",
+        secret: false,
+        validate: validate_hostname,
+    },
+    Key {
+        name: "net",
+        secret: false,
+        validate: validate_net,
+    },
+    Key {
+        name: "ip",
+        secret: false,
+        validate: |v| parse_cidr(v).map(|_| ()),
+    },
+    Key {
+        name: "gateway",
+        secret: false,
+        validate: |v| parse_ipv4(v).map(|_| ()),
+    },
+    Key {
+        name: "dns",
+        secret: false,
+        validate: |v| parse_ip_list(v).map(|_| ()),
+    },
+    Key {
+        name: "ntp",
+        secret: false,
+        validate: |v| parse_host_list(v).map(|_| ()),
+    },
+    Key {
+        name: "mgmt",
+        secret: false,
+        validate: validate_mgmt,
+    },
+    Key {
+        name: "token",
+        secret: true,
+        validate: validate_token,
+    },
+    Key {
+        name: "log",
+        secret: false,
+        validate: |v| parse_level(v).map(|_| ()),
+    },
+    Key {
+        name: "debug",
+        secret: false,
+        validate: |v| parse_bool(v).map(|_| ()),
+    },
+];
+
+/// A validated raw value and its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: String,
+    pub source: Source,
+}
+
+/// Static IPv4 settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticNet {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// How the network is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetMode {
+    Dhcp,
+    Static(StaticNet),
+}
+
+/// The merged config.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    entries: BTreeMap<&'static str, Entry>,
+    /// Problems found while reading the sources; the boot goes on.
+    pub errors: Vec<String>,
+    /// Set when a static network was asked for but cannot be applied.
+    net_fallback: bool,
+}
+
+impl Config {
+    /// Reads the kernel command line and the state directory.
+    pub fn load(cmdline: &str, state_dir: &Path) -> Self {
+        let mut cfg = Config::default();
+        let path = state_dir.join(STATE_CONFIG_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => cfg.merge_state_json(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => cfg
+                .errors
+                .push(format!("state: cannot read {}: {e}", path.display())),
+        }
+        cfg.merge_cmdline(cmdline);
+        cfg.finish();
+        cfg
+    }
+
+    /// Merges `config.json` from the state directory (lower precedence than
+    /// the command line, so it must be merged first).
+    pub fn merge_state_json(&mut self, text: &str) {
+        match serde_json::from_str::<BTreeMap<String, serde_json::Value>>(text) {
+            Ok(map) => {
+                for (k, v) in map {
+                    match v {
+                        serde_json::Value::String(s) => self.set(Source::State, &k, &s),
+                        other => self.set(Source::State, &k, &other.to_string()),
+                    }
+                }
+            }
+            Err(e) => self.errors.push(format!(
+                "state: {STATE_CONFIG_FILE} is not a JSON object of strings: {e}"
+            )),
+        }
+    }
+
+    /// Merges `ferry.*` keys from a kernel command line.
+    pub fn merge_cmdline(&mut self, cmdline: &str) {
+        for word in split_cmdline(cmdline) {
+            let Some(rest) = word.strip_prefix(CMDLINE_PREFIX) else {
+                continue;
+            };
+            match rest.split_once('=') {
+                Some((k, v)) => self.set(Source::Cmdline, k, v),
+                None => self
+                    .errors
+                    .push(format!("cmdline: {word}: missing '=value'")),
+            }
+        }
+    }
+
+    fn set(&mut self, source: Source, key: &str, value: &str) {
+        let Some(k) = KEYS.iter().find(|k| k.name == key) else {
+            self.errors
+                .push(format!("{source}: unknown key {CMDLINE_PREFIX}{key}"));
+            return;
+        };
+        if let Err(why) = (k.validate)(value) {
+            let shown = if k.secret { "<redacted>" } else { value };
+            self.errors.push(format!(
+                "{source}: {CMDLINE_PREFIX}{key}={shown}: {why}; ignored"
+            ));
+            return;
+        }
+        self.entries.insert(
+            k.name,
+            Entry {
+                value: value.to_string(),
+                source,
+            },
+        );
+    }
+
+    /// Cross-field checks after all sources are merged.
+    fn finish(&mut self) {
+        let wants_static = self
+            .get("net")
+            .map(|e| e.value == "static")
+            .unwrap_or(false);
+        if wants_static && self.get("ip").is_none() {
+            self.errors
+                .push("net=static needs a valid ferry.ip=A.B.C.D/prefix; using DHCP".to_string());
+            self.net_fallback = true;
+        }
+        if self.get("net").map(|e| e.value == "dhcp").unwrap_or(false) && self.get("ip").is_some() {
+            self.errors
+                .push("net=dhcp given together with ip; ip is ignored".to_string());
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    fn value(&self, key: &str) -> Option<&str> {
+        self.get(key).map(|e| e.value.as_str())
+    }
+
+    pub fn hostname(&self) -> String {
+        self.value("hostname").unwrap_or("ferry").to_string()
+    }
+
+    /// The effective network mode. `ip` alone implies static; `net=dhcp` wins.
+    pub fn net_mode(&self) -> NetMode {
+        if self.net_fallback || self.value("net") == Some("dhcp") {
+            return NetMode::Dhcp;
+        }
+        match self.value("ip").and_then(|v| parse_cidr(v).ok()) {
+            Some((address, prefix)) => NetMode::Static(StaticNet {
+                address,
+                prefix,
+                gateway: self.value("gateway").and_then(|v| parse_ipv4(v).ok()),
+            }),
+            None => NetMode::Dhcp,
+        }
+    }
+
+    pub fn dns(&self) -> Vec<IpAddr> {
+        self.value("dns")
+            .and_then(|v| parse_ip_list(v).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn ntp(&self) -> Vec<String> {
+        self.value("ntp")
+            .and_then(|v| parse_host_list(v).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn log_level(&self) -> tracing_subscriber::filter::LevelFilter {
+        self.value("log")
+            .and_then(|v| parse_level(v).ok())
+            .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO)
+    }
+
+    pub fn debug(&self) -> bool {
+        self.value("debug")
+            .and_then(|v| parse_bool(v).ok())
+            .unwrap_or(false)
+    }
+
+    /// The per-setting view for `/v1/status`: value and source, secrets
+    /// redacted, defaults filled in.
+    pub fn view(&self) -> BTreeMap<&'static str, SettingView> {
+        let mut out = BTreeMap::new();
+        for k in KEYS {
+            let view = match self.get(k.name) {
+                Some(e) => SettingView {
+                    value: if k.secret {
+                        Some("<redacted>".into())
+                    } else {
+                        Some(e.value.clone())
+                    },
+                    source: e.source,
+                },
+                None => SettingView {
+                    value: default_value(k.name),
+                    source: Source::Default,
+                },
+            };
+            out.insert(k.name, view);
+        }
+        // Show the network mode actually used, not only what was asked for.
+        if let Some(v) = out.get_mut("net") {
+            let effective = match self.net_mode() {
+                NetMode::Dhcp => "dhcp",
+                NetMode::Static(_) => "static",
+            };
+            if v.value.as_deref() != Some(effective) {
+                v.value = Some(effective.to_string());
+                if self.net_fallback {
+                    v.source = Source::Default;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn default_value(key: &str) -> Option<String> {
+    match key {
+        "hostname" => Some("ferry".into()),
+        "net" => Some("dhcp".into()),
+        "log" => Some("info".into()),
+        "debug" => Some("0".into()),
+        _ => None,
+    }
+}
+
+/// One setting as shown in `/v1/status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SettingView {
+    pub value: Option<String>,
+    pub source: Source,
+}
+
+/// Splits a kernel command line into words, honouring double quotes the way
+/// the kernel does (`key="a b"`).
+pub fn split_cmdline(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in s.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+fn validate_hostname(v: &str) -> Result<(), String> {
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if v.len() <= 253 && v.split('.').all(ok_label) {
+        Ok(())
+    } else {
+        Err("not a valid hostname".into())
+    }
+}
+
+fn validate_net(v: &str) -> Result<(), String> {
+    match v {
+        "dhcp" | "static" => Ok(()),
+        _ => Err("expected dhcp or static".into()),
+    }
+}
+
+fn validate_mgmt(v: &str) -> Result<(), String> {
+    let (host, port) = match v.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.starts_with('[') => (h, Some(p)),
+        _ => (v, None),
+    };
+    if let Some(p) = port {
+        p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<IpAddr>().is_ok() || validate_hostname(host).is_ok() {
+        Ok(())
+    } else {
+        Err("expected host[:port]".into())
+    }
+}
+
+fn validate_token(v: &str) -> Result<(), String> {
+    if !v.is_empty() && v.len() <= 512 && v.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err("expected 1 to 512 printable characters".into())
+    }
+}
+
+/// Parses a strict dotted-quad IPv4 address.
+pub fn parse_ipv4(v: &str) -> Result<Ipv4Addr, String> {
+    v.parse::<Ipv4Addr>()
+        .map_err(|_| format!("{v:?} is not an IPv4 address"))
+}
+
+/// Parses `A.B.C.D/prefix`; a bare address gets /24.
+pub fn parse_cidr(v: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (a, p) = match v.split_once('/') {
+        Some((a, p)) => (
+            a,
+            p.parse::<u8>()
+                .map_err(|_| format!("bad prefix length {p:?}"))?,
+        ),
+        None => (v, 24),
+    };
+    let addr = parse_ipv4(a)?;
+    if p == 0 || p > 32 {
+        return Err(format!("prefix length {p} out of range 1..=32"));
+    }
+    if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+        return Err(format!("{addr} cannot be a host address"));
+    }
+    Ok((addr, p))
+}
+
+fn parse_ip_list(v: &str) -> Result<Vec<IpAddr>, String> {
+    v.split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| format!("{s:?} is not an IP address"))
+        })
+        .collect()
+}
+
+fn parse_host_list(v: &str) -> Result<Vec<String>, String> {
+    v.split(',')
+        .map(|s| {
+            let s = s.trim();
+            if s.parse::<IpAddr>().is_ok() || validate_hostname(s).is_ok() {
+                Ok(s.to_string())
+            } else {
+                Err(format!("{s:?} is not a host name or address"))
+            }
+        })
+        .collect()
+}
+
+fn parse_level(v: &str) -> Result<tracing_subscriber::filter::LevelFilter, String> {
+    v.parse::<tracing_subscriber::filter::LevelFilter>()
+        .map_err(|_| "expected off, error, warn, info, debug or trace".into())
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected 0 or 1".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(cmdline: &str, state: Option<&str>) -> Config {
+        let mut cfg = Config::default();
+        if let Some(s) = state {
+            cfg.merge_state_json(s);
+        }
+        cfg.merge_cmdline(cmdline);
+        cfg.finish();
+        cfg
+    }
+
+    #[test]
+    fn defaults_are_dhcp_and_ferry() {
+        let cfg = load("console=ttyS0 quiet", None);
+        assert_eq!(cfg.net_mode(), NetMode::Dhcp);
+        assert_eq!(cfg.hostname(), "ferry");
+        assert!(cfg.errors.is_empty());
+        assert_eq!(cfg.view()["hostname"].source, Source::Default);
+    }
+
+    #[test]
+    fn static_from_cmdline() {
+        let cfg = load(
+            "ferry.ip=10.0.2.77/24 ferry.gateway=10.0.2.2 ferry.dns=10.0.2.3",
+            None,
+        );
+        assert_eq!(
+            cfg.net_mode(),
+            NetMode::Static(StaticNet {
+                address: Ipv4Addr::new(10, 0, 2, 77),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
+            })
+        );
+        assert_eq!(cfg.view()["ip"].source, Source::Cmdline);
+    }
+
+    #[test]
+    fn cmdline_beats_state() {
+        let cfg = load(
+            "ferry.hostname=cmd",
+            Some(r#"{"hostname":"persisted","ntp":"pool.example"}"#),
+        );
+        assert_eq!(cfg.hostname(), "cmd");
+        assert_eq!(cfg.view()["hostname"].source, Source::Cmdline);
+        assert_eq!(cfg.view()["ntp"].source, Source::State);
+        assert_eq!(cfg.ntp(), vec!["pool.example".to_string()]);
+    }
+
+    #[test]
+    fn bad_entries_are_reported_and_ignored() {
+        let cfg = load(
+            "ferry.bogus=1 ferry.ip=300.1.2.3/24 ferry.hostname=ok",
+            None,
+        );
+        assert_eq!(cfg.net_mode(), NetMode::Dhcp);
+        assert_eq!(cfg.hostname(), "ok");
+        assert!(
+            cfg.errors
+                .iter()
+                .any(|e| e.contains("unknown key ferry.bogus")),
+            "{:?}",
+            cfg.errors
+        );
+        assert!(
+            cfg.errors
+                .iter()
+                .any(|e| e.contains("ferry.ip=300.1.2.3/24")),
+            "{:?}",
+            cfg.errors
+        );
+    }
+
+    #[test]
+    fn static_without_address_falls_back_to_dhcp() {
+        let cfg = load("ferry.net=static ferry.ip=10.0.2.999", None);
+        assert_eq!(cfg.net_mode(), NetMode::Dhcp);
+        assert_eq!(cfg.errors.len(), 2, "{:?}", cfg.errors);
+        assert_eq!(cfg.view()["net"].value.as_deref(), Some("dhcp"));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let cfg = load("ferry.token=s3cret ferry.mgmt=mgmt.example:9876", None);
+        let v = cfg.view();
+        assert_eq!(v["token"].value.as_deref(), Some("<redacted>"));
+        assert_eq!(v["mgmt"].value.as_deref(), Some("mgmt.example:9876"));
+        let bad = load("ferry.token=", None);
+        assert!(bad.errors.iter().all(|e| !e.contains("s3cret")));
+    }
+
+    #[test]
+    fn quoted_words() {
+        assert_eq!(
+            split_cmdline(r#"a "b c"  ferry.x="1 2""#),
+            vec!["a", "b c", "ferry.x=1 2"]
+        );
+    }
+
+    #[test]
+    fn broken_state_file_is_an_error_not_a_crash() {
+        let cfg = load("", Some("[1,2"));
+        assert_eq!(cfg.errors.len(), 1);
+        assert_eq!(cfg.net_mode(), NetMode::Dhcp);
+    }
+}

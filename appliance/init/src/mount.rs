@@ -1,0 +1,122 @@
+//! Mounts: owns the early API filesystems and unmounting them at shutdown.
+//!
+//! The root is the initramfs (rootfs), which cannot be unmounted. Everything
+//! init mounts is recorded so shutdown unmounts it in reverse order.
+
+use std::path::Path;
+
+use anyhow::Context;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// One filesystem init mounts at boot.
+#[derive(Debug, Clone, Copy)]
+pub struct Mount {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MsFlags,
+    pub data: Option<&'static str>,
+}
+
+/// The early mounts, in mount order.
+pub fn early_mounts() -> [Mount; 6] {
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    [
+        Mount {
+            source: "proc",
+            target: "/proc",
+            fstype: "proc",
+            flags: nosuid_nodev_noexec,
+            data: None,
+        },
+        Mount {
+            source: "sysfs",
+            target: "/sys",
+            fstype: "sysfs",
+            flags: nosuid_nodev_noexec,
+            data: None,
+        },
+        Mount {
+            source: "devtmpfs",
+            target: "/dev",
+            fstype: "devtmpfs",
+            flags: MsFlags::MS_NOSUID,
+            data: Some("mode=0755"),
+        },
+        Mount {
+            source: "devpts",
+            target: "/dev/pts",
+            fstype: "devpts",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            data: Some("gid=5,mode=0620,ptmxmode=0666"),
+        },
+        Mount {
+            source: "tmpfs",
+            target: "/run",
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            data: Some("mode=0755,size=64m"),
+        },
+        Mount {
+            source: "tmpfs",
+            target: "/tmp",
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            data: Some("mode=1777,size=256m"),
+        },
+    ]
+}
+
+/// Mounts one filesystem, creating its mount point. An already mounted
+/// target (EBUSY) counts as success so a restarted init is harmless.
+pub fn mount_one(m: &Mount) -> anyhow::Result<()> {
+    std::fs::create_dir_all(m.target).with_context(|| format!("mkdir {}", m.target))?;
+    match mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
+        Ok(()) | Err(nix::errno::Errno::EBUSY) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("mount {} on {}", m.fstype, m.target)),
+    }
+}
+
+/// Mounts all early filesystems. Failure of any is fatal for the appliance.
+pub fn mount_early() -> anyhow::Result<()> {
+    for m in early_mounts() {
+        mount_one(&m)?;
+    }
+    // The agent and the ring live here; created before anything logs to it.
+    std::fs::create_dir_all("/run/ferry").context("mkdir /run/ferry")?;
+    Ok(())
+}
+
+/// Unmounts the early filesystems in reverse order. Returns the targets that
+/// could only be detached lazily (still busy), so the caller can say whether
+/// the unmount was clean.
+pub fn unmount_all() -> Vec<String> {
+    let mut busy = Vec::new();
+    for m in early_mounts().iter().rev() {
+        if !is_mounted(m.target) {
+            continue;
+        }
+        match umount2(m.target, MntFlags::empty()) {
+            Ok(()) => tracing::info!("unmounted {}", m.target),
+            Err(e) => {
+                tracing::warn!("{} is busy ({e}); detaching it", m.target);
+                let _ = umount2(m.target, MntFlags::MNT_DETACH);
+                busy.push(m.target.to_string());
+            }
+        }
+    }
+    busy
+}
+
+/// Whether `target` is a mount point, by comparing its device with its
+/// parent's. Unmounting /proc early would break /proc/mounts reads, so this
+/// avoids relying on it.
+fn is_mounted(target: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let path = Path::new(target);
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
