@@ -1,1 +1,456 @@
-//! QEMU harness for Ferry's boot tests.
+//! QEMU harness for Ferry's boot tests: boots `target/appliance/` with
+//! direct kernel boot under TCG, captures the serial console to a file,
+//! forwards a free host port to the agent's 9876 over slirp, and drives the
+//! VM through QMP. The HTTPS client accepts the agent's self-signed
+//! certificate but records it, so tests can pin it against `/v1/status`.
+//!
+//! Nothing is skipped silently: a missing QEMU or missing artifacts fail the
+//! test with the command that fixes it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors().nth(2).unwrap_or(here).to_path_buf()
+}
+
+/// `target/appliance`, or `$FERRY_APPLIANCE_DIR`.
+pub fn appliance_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FERRY_APPLIANCE_DIR") {
+        return PathBuf::from(d);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    target.join("appliance")
+}
+
+/// Fails clearly when QEMU or the image are missing.
+pub fn preflight() -> anyhow::Result<PathBuf> {
+    match Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        _ => bail!(
+            "{QEMU} is not installed: apt-get install -y qemu-system-x86 (boot tests never skip)"
+        ),
+    }
+    let dir = appliance_dir();
+    for f in ["vmlinuz", "initramfs.cpio.zst"] {
+        if !dir.join(f).exists() {
+            bail!(
+                "{} is missing: build the image first with `cargo run -p ferry-image` (or run tests/boot.sh)",
+                dir.join(f).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// A free TCP port on loopback (racy by nature, but QEMU binds it at once).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// How to boot.
+#[derive(Debug, Clone)]
+pub struct BootOpts {
+    /// Extra kernel command line words (`ferry.*`).
+    pub cmdline: String,
+    /// QEMU NIC model: `e1000` (VMware-like) or `virtio-net-pci`.
+    pub nic: &'static str,
+    /// Guest address the host port forwards to.
+    pub guest_ip: String,
+}
+
+impl Default for BootOpts {
+    fn default() -> Self {
+        Self {
+            cmdline: String::new(),
+            nic: "e1000",
+            guest_ip: "10.0.2.15".into(),
+        }
+    }
+}
+
+/// A running appliance VM.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub started: Instant,
+    console: PathBuf,
+    qmp: PathBuf,
+}
+
+impl Vm {
+    pub fn boot(opts: &BootOpts) -> anyhow::Result<Self> {
+        let art = preflight()?;
+        let dir = tempfile::Builder::new().prefix("ferry-boot-").tempdir()?;
+        let console = dir.path().join("console.log");
+        let qmp = dir.path().join("qmp.sock");
+        let port = free_port()?;
+        let append = format!(
+            "console=ttyS0,115200 quiet panic=-1 ferry.debug=1 {}",
+            opts.cmdline
+        );
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-accel", "tcg", "-m", "512", "-smp", "1", "-no-reboot"])
+            .args(["-display", "none", "-vga", "none", "-monitor", "none"])
+            .arg("-kernel")
+            .arg(art.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(art.join("initramfs.cpio.zst"))
+            .arg("-append")
+            .arg(append.trim())
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .arg("-netdev")
+            .arg(format!(
+                "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{}:9876",
+                opts.guest_ip
+            ))
+            .arg("-device")
+            .arg(format!("{},netdev=n0", opts.nic))
+            .args(["-device", "virtio-rng-pci"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().with_context(|| format!("start {QEMU}"))?;
+        Ok(Self {
+            child,
+            dir,
+            port,
+            started: Instant::now(),
+            console,
+            qmp,
+        })
+    }
+
+    /// The serial console so far.
+    pub fn console(&self) -> String {
+        std::fs::read(&self.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits for `needle` on the console; returns seconds since boot.
+    pub fn wait_console(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.console().contains(needle) {
+                return Ok(self.started.elapsed().as_secs_f64());
+            }
+            if let Some(st) = self.child.try_wait()? {
+                bail!(
+                    "QEMU exited ({st}) before {needle:?} appeared{}",
+                    self.stderr_tail()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{needle:?} did not appear on the console within {}s",
+                    timeout.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Counts occurrences of `needle` on the console.
+    pub fn console_count(&self, needle: &str) -> usize {
+        self.console().matches(needle).count()
+    }
+
+    fn stderr_tail(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(e) = self.child.stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        if s.is_empty() {
+            s
+        } else {
+            format!(": {s}")
+        }
+    }
+
+    /// HTTPS request to the agent through the forwarded port.
+    pub fn https(&self, method: &str, path: &str) -> anyhow::Result<Response> {
+        https_request(self.port, method, path)
+    }
+
+    /// GET a JSON document, retrying while the agent is not reachable yet.
+    pub fn get_json(&self, path: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.https("GET", path) {
+                Ok(r) if r.status == 200 => {
+                    return serde_json::from_str(&r.body).context("parse JSON")
+                }
+                Ok(r) if Instant::now() >= deadline => bail!("GET {path}: HTTP {}", r.status),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!("GET {path}")))
+                }
+                _ => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    }
+
+    /// Polls `/v1/status` until `pred` holds.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        let mut last = serde_json::Value::Null;
+        loop {
+            if let Ok(v) = self.get_json("/v1/status", Duration::from_secs(1)) {
+                if pred(&v) {
+                    return Ok(v);
+                }
+                last = v;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "status never showed {what} within {}s; last status: {last:#}",
+                    timeout.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Runs one QMP command and returns its reply.
+    pub fn qmp(&self, command: &str) -> anyhow::Result<serde_json::Value> {
+        let s = UnixStream::connect(&self.qmp)
+            .with_context(|| format!("connect {}", self.qmp.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut r = BufReader::new(s.try_clone()?);
+        let mut w = s;
+        let mut line = String::new();
+        r.read_line(&mut line)?; // greeting
+        for cmd in ["qmp_capabilities", command] {
+            writeln!(w, "{}", serde_json::json!({ "execute": cmd }))?;
+            loop {
+                line.clear();
+                if r.read_line(&mut line)? == 0 {
+                    bail!("QMP closed");
+                }
+                let v: serde_json::Value = serde_json::from_str(&line)?;
+                if v.get("return").is_some() || v.get("error").is_some() {
+                    if cmd == command {
+                        return Ok(v);
+                    }
+                    break;
+                }
+            }
+        }
+        bail!("no QMP reply")
+    }
+
+    /// Waits for QEMU to exit (guest power-off with -no-reboot).
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                bail!("QEMU still running after {}s", timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- console of the failed VM ----\n{}\n---- end ----",
+                self.console()
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP response from the agent.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+    pub cert_sha256: String,
+    pub tls13: bool,
+}
+
+/// Accepts any certificate (the agent's is self-signed) but remembers it.
+#[derive(Debug)]
+struct Recording {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    seen: Mutex<Option<Vec<u8>>>,
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(end_entity.to_vec());
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// One HTTPS request on 127.0.0.1:`port` (TLS 1.2 or 1.3 offered, so the
+/// test can see that the agent picks 1.3).
+pub fn https_request(port: u16, method: &str, path: &str) -> anyhow::Result<Response> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Recording {
+        provider: provider.clone(),
+        seen: Mutex::new(None),
+    });
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    let name = ServerName::try_from("ferry-agent")?;
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name)?;
+    let sock = TcpStream::connect(("127.0.0.1", port))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write!(
+        tls,
+        "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // Servers may close without close_notify after Connection: close.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let tls13 = tls.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("bad status line")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let cert = verifier
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default();
+    Ok(Response {
+        status,
+        body,
+        cert_sha256: hex::encode(Sha256::digest(&cert)),
+        tls13,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Reads `manifest.json` written by ferry-image.
+pub fn manifest() -> anyhow::Result<serde_json::Value> {
+    let p = appliance_dir().join("manifest.json");
+    let b = std::fs::read(&p).with_context(|| format!("read {}", p.display()))?;
+    Ok(serde_json::from_slice(&b)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dechunks() {
+        assert_eq!(
+            super::dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+    }
+}
