@@ -42,6 +42,7 @@ fn main() {
         eprintln!("ferry-init is the appliance's PID 1 and does nothing elsewhere");
         std::process::exit(2);
     }
+    no_core_dumps();
     // With panic=abort a panic would kill PID 1 and the kernel with it.
     std::panic::set_hook(Box::new(|info| fatal(&format!("panic: {info}"))));
 
@@ -98,7 +99,6 @@ async fn run(console: Console) -> anyhow::Result<std::convert::Infallible> {
         t0.elapsed().as_millis()
     );
     published.modules(loaded);
-    triggers.watch_power_buttons();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let env = AgentEnv {
@@ -124,9 +124,29 @@ async fn run(console: Console) -> anyhow::Result<std::convert::Infallible> {
         });
     }
     tokio::spawn(time::run(cfg.ntp(), ntp_rx, published.clone()));
+    triggers.watch_power_buttons().await;
 
     let (action, reason) = triggers.next().await;
-    shutdown::shutdown(action, &reason, stop_tx, supervisor, &console).await
+    shutdown::shutdown(
+        action,
+        &reason,
+        &mut triggers,
+        stop_tx,
+        supervisor,
+        &console,
+    )
+    .await
+}
+
+/// A crashing agent must not fill the RAM-backed root with core files; the
+/// limit is inherited by every child.
+fn no_core_dumps() {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct; no memory is retained.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
 }
 
 fn load_modules() -> Vec<String> {

@@ -49,6 +49,7 @@ pub fn disable_cad() {
 pub struct Triggers {
     rx: mpsc::Receiver<(Action, String)>,
     tx: mpsc::Sender<(Action, String)>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Triggers {
@@ -77,54 +78,42 @@ impl Triggers {
                 }
             });
         }
-        Ok(Self { rx, tx })
+        Ok(Self {
+            rx,
+            tx,
+            watchers: Vec::new(),
+        })
     }
 
-    /// Watches every evdev device for the power button. Call after modules
-    /// are loaded (the `button` and `evdev` modules create the devices).
-    pub fn watch_power_buttons(&self) {
-        let Ok(rd) = std::fs::read_dir("/dev/input") else {
-            tracing::warn!("no /dev/input: the ACPI power button will not be handled");
-            return;
-        };
-        let mut watched = 0;
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("event") || !has_power_key(&name) {
-                continue;
-            }
-            let path = e.path();
-            let tx = self.tx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("input-{name}"))
-                .spawn(move || {
-                    let Ok(mut f) = std::fs::File::open(&path) else {
-                        return;
-                    };
-                    let mut ev = [0u8; INPUT_EVENT_SIZE];
-                    while f.read_exact(&mut ev).is_ok() {
-                        let ty = u16::from_ne_bytes([ev[16], ev[17]]);
-                        let code = u16::from_ne_bytes([ev[18], ev[19]]);
-                        let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
-                        if ty == EV_KEY && code == KEY_POWER && value == 1 {
-                            let _ = tx.blocking_send((
-                                Action::PowerOff,
-                                format!("power button ({})", path.display()),
-                            ));
-                        }
+    /// Watches every evdev device that has KEY_POWER. Call after modules
+    /// are loaded (`button` and `evdev` create the devices); waits up to 2 s
+    /// for devtmpfs to show them.
+    pub async fn watch_power_buttons(&mut self) {
+        for _ in 0..20 {
+            let found = power_button_devices();
+            if !found.is_empty() {
+                for path in found {
+                    match watch_device(&path, self.tx.clone()) {
+                        Ok(h) => self.watchers.push(h),
+                        Err(e) => tracing::warn!("cannot watch {}: {e}", path.display()),
                     }
-                });
-            match spawned {
-                Ok(_) => watched += 1,
-                Err(e) => tracing::warn!("cannot watch {name}: {e}"),
+                }
+                tracing::info!("watching {} power button device(s)", self.watchers.len());
+                return;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if watched == 0 {
-            tracing::warn!(
-                "no input device reports KEY_POWER: the ACPI power button will not be handled"
-            );
-        } else {
-            tracing::info!("watching {watched} power button device(s)");
+        tracing::warn!(
+            "no input device reports KEY_POWER: the ACPI power button will not be handled"
+        );
+    }
+
+    /// Stops the input watchers and closes their devices, so `/dev` can be
+    /// unmounted.
+    pub async fn stop_watchers(&mut self) {
+        for h in self.watchers.drain(..) {
+            h.abort();
+            let _ = h.await;
         }
     }
 
@@ -136,6 +125,65 @@ impl Triggers {
             None => (Action::PowerOff, "trigger channel closed".into()),
         }
     }
+}
+
+fn power_button_devices() -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir("/dev/input") else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = rd
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("event") && has_power_key(&name)
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Reads input events without blocking a thread, so the task can be aborted
+/// (closing the device) at shutdown.
+fn watch_device(
+    path: &std::path::Path,
+    tx: mpsc::Sender<(Action, String)>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    // SAFETY: the AsyncFd owns the File, whose descriptor stays open and
+    // unchanged until the AsyncFd (and with it the File) is dropped.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(file, tokio::io::Interest::READABLE)
+    }
+    .map_err(std::io::Error::from)?;
+    let name = path.display().to_string();
+    Ok(tokio::spawn(async move {
+        let mut buf = [0u8; INPUT_EVENT_SIZE * 16];
+        loop {
+            let Ok(mut guard) = afd.readable().await else {
+                return;
+            };
+            let n = match guard.try_io(|inner| inner.get_ref().read(&mut buf)) {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => n,
+                Err(_would_block) => continue,
+            };
+            for ev in buf[..n].chunks_exact(INPUT_EVENT_SIZE) {
+                let ty = u16::from_ne_bytes([ev[16], ev[17]]);
+                let code = u16::from_ne_bytes([ev[18], ev[19]]);
+                let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
+                if ty == EV_KEY && code == KEY_POWER && value == 1 {
+                    let _ = tx
+                        .send((Action::PowerOff, format!("power button ({name})")))
+                        .await;
+                }
+            }
+        }
+    }))
 }
 
 /// Whether `/sys/class/input/<event>/device/capabilities/key` has KEY_POWER.
@@ -163,6 +211,7 @@ fn key_bitmap_has(bitmap: &str, key: u16) -> bool {
 pub async fn shutdown(
     action: Action,
     reason: &str,
+    triggers: &mut Triggers,
     stop_agent: tokio::sync::watch::Sender<bool>,
     supervisor: tokio::task::JoinHandle<()>,
     console: &Console,
@@ -186,6 +235,7 @@ pub async fn shutdown(
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     }
     nix::unistd::sync();
+    triggers.stop_watchers().await;
     tracing::info!("shutdown: unmounting filesystems");
     console.detach_devices();
     let busy = crate::mount::unmount_all();
