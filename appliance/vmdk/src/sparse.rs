@@ -451,7 +451,7 @@ impl SparseExtent {
         pieces.sort_by_key(|p| p.file_off);
         let gb = self.hdr.grain_bytes();
         // Upper bound of one compressed grain record: marker + deflate worst case + slack.
-        let max_rec = 12 + gb + gb / 1000 + 1024;
+        let max_rec = 12 + max_compressed(gb);
         while let Some(p0) = pieces.first() {
             let first = p0.file_off;
             let mut j = 1;
@@ -508,7 +508,7 @@ fn inflate_group(
                         ));
                     }
                     let size = le32(rec, 8) as usize;
-                    if size == 0 || size > grain_bytes + grain_bytes / 1000 + 1024 - 12 {
+                    if size == 0 || size as u64 > max_compressed(grain_bytes as u64) {
                         return Err(VmdkError::corrupt(
                             name,
                             format!("grain at {} has compressed size {size}", p.file_off),
@@ -549,6 +549,11 @@ fn inflate_group(
         out.push((p.dst, grain[p.in_grain..p.in_grain + p.len].to_vec()));
     }
     Ok(out)
+}
+
+/// Largest compressed grain we accept: deflate of any level stays well under twice the input.
+fn max_compressed(grain_bytes: u64) -> u64 {
+    2 * grain_bytes + 1024
 }
 
 /// Inflates one zlib stream into `out` (never grows it); returns the bytes produced.

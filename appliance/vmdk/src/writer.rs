@@ -159,18 +159,36 @@ pub fn compress_grain(lba: u64, data: &[u8], level: u32) -> Result<Option<Vec<u8
     } else {
         data
     };
+    let mut out = deflate_record(lba, data, level)?;
+    // Fast levels can expand incompressible data by several percent; stored blocks bound a
+    // grain record to its size plus a few bytes, which every reader accepts.
+    if out.len() > data.len() && level > 0 {
+        out = deflate_record(lba, data, 0)?;
+    }
+    pad_to_sector(&mut out);
+    Ok(Some(out))
+}
+
+fn deflate_record(lba: u64, data: &[u8], level: u32) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(12 + data.len() + data.len() / 100 + 1024);
     out.extend_from_slice(&lba.to_le_bytes());
     out.extend_from_slice(&[0u8; 4]);
     let mut c = flate2::Compress::new(flate2::Compression::new(level.min(9)), true);
-    match c.compress_vec(data, &mut out, flate2::FlushCompress::Finish) {
-        Ok(flate2::Status::StreamEnd) => {}
-        other => return Err(VmdkError::Input(format!("deflate failed: {other:?}"))),
+    // The bound above is usually enough in one call; zlib may still ask for more room.
+    for _ in 0..64 {
+        let input = &data[c.total_in() as usize..];
+        match c.compress_vec(input, &mut out, flate2::FlushCompress::Finish) {
+            Ok(flate2::Status::StreamEnd) => break,
+            Ok(_) => out.reserve(64 * 1024),
+            Err(e) => return Err(VmdkError::Input(format!("deflate failed: {e}"))),
+        }
+    }
+    if c.total_in() != data.len() as u64 {
+        return Err(VmdkError::Input("deflate did not finish".into()));
     }
     let size = (out.len() - 12) as u32;
     out[8..12].copy_from_slice(&size.to_le_bytes());
-    pad_to_sector(&mut out);
-    Ok(Some(out))
+    Ok(out)
 }
 
 pub(crate) fn is_zero(b: &[u8]) -> bool {
@@ -302,16 +320,14 @@ impl StreamEncoder {
     }
 }
 
+/// Compressed grain records with their grain index, in order.
+type Records = Vec<(u64, Vec<u8>)>;
+
 /// Compresses a batch (grains starting at `first`) on `threads` threads, in grain order.
-fn compress_batch(
-    first: u64,
-    data: &[u8],
-    level: u32,
-    threads: usize,
-) -> Result<Vec<(u64, Vec<u8>)>> {
+fn compress_batch(first: u64, data: &[u8], level: u32, threads: usize) -> Result<Records> {
     let grains: Vec<&[u8]> = data.chunks(GRAIN as usize).collect();
     let per = grains.len().div_ceil(threads.max(1)).max(1);
-    let parts: Vec<Result<Vec<(u64, Vec<u8>)>>> = std::thread::scope(|s| {
+    let parts: Vec<Result<Records>> = std::thread::scope(|s| {
         let handles: Vec<_> = grains
             .chunks(per)
             .enumerate()

@@ -1,6 +1,10 @@
 //! Reading every subformat qemu-img creates: our bytes equal `qemu-img convert -O raw`, our
 //! allocation map equals `qemu-img map`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
 
 mod common;
 

@@ -158,3 +158,34 @@ pub async fn read_all(v: &Vmdk) -> Vec<u8> {
     }
     buf
 }
+
+/// A disk in memory as a [`ferry_archive::BlockSource`] (no allocation map).
+#[derive(Debug)]
+pub struct MemDisk(pub Vec<u8>);
+
+#[async_trait::async_trait]
+impl ferry_archive::BlockSource for MemDisk {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+    async fn allocation(
+        &self,
+        _offset: u64,
+        _len: u64,
+    ) -> Result<Option<Vec<ferry_archive::Extent>>, ferry_archive::SourceError> {
+        Ok(None)
+    }
+    async fn read_at(
+        &self,
+        offset: u64,
+        mut buf: Vec<u8>,
+    ) -> Result<Vec<u8>, ferry_archive::SourceError> {
+        let o = offset as usize;
+        let n = buf.len();
+        buf.copy_from_slice(&self.0[o..o + n]);
+        Ok(buf)
+    }
+}
