@@ -25,7 +25,6 @@ enum ExtentImpl {
     },
     Zero,
     Sparse(SparseExtent),
-    Cowd(cowd::CowdExtent),
     SeSparse(sesparse::SeSparseExtent),
 }
 
@@ -158,7 +157,6 @@ impl Vmdk {
                         dst[inside..].fill(0);
                         h
                     }
-                    ExtentImpl::Cowd(x) => x.read(rel, dst).await?,
                     ExtentImpl::SeSparse(x) => x.read(rel, dst).await?,
                 };
                 holes.extend(h.into_iter().map(|(o, l)| (o + s.start, l)));
@@ -208,7 +206,6 @@ impl Vmdk {
                         }
                         v
                     }
-                    ExtentImpl::Cowd(x) => x.map(rel, b - a).await?,
                     ExtentImpl::SeSparse(x) => x.map(rel, b - a).await?,
                 };
                 for (o, l, k) in part {
@@ -419,7 +416,7 @@ async fn open_extent(
             }
         }
         ExtentType::Sparse => ExtentImpl::Sparse(SparseExtent::open(src).await?),
-        ExtentType::VmfsSparse => ExtentImpl::Cowd(cowd::CowdExtent::open(src).await?),
+        ExtentType::VmfsSparse => ExtentImpl::Sparse(cowd::open(src).await?),
         ExtentType::SeSparse => ExtentImpl::SeSparse(sesparse::SeSparseExtent::open(src).await?),
     })
 }

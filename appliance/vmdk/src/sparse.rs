@@ -239,9 +239,20 @@ impl SparseExtent {
 
     /// Opens a sparse extent, loading its grain directory.
     pub async fn open(src: Arc<dyn ByteSource>) -> Result<SparseExtent> {
-        let name = src.name().to_string();
         let (hdr, file_len) = Self::read_header(&*src).await?;
         let entries = hdr.gd_entries();
+        Self::open_with(src, hdr, file_len, entries).await
+    }
+
+    /// Opens a grain-directory extent described by `hdr` (also used for COWD), loading
+    /// `entries` GD entries.
+    pub(crate) async fn open_with(
+        src: Arc<dyn ByteSource>,
+        hdr: SparseHeader,
+        file_len: u64,
+        entries: u64,
+    ) -> Result<SparseExtent> {
+        let name = src.name().to_string();
         let gd_bytes = entries
             .checked_mul(4)
             .ok_or_else(|| VmdkError::header(&name, "capacity overflows the GD"))?;
