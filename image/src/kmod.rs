@@ -83,6 +83,18 @@ pub fn select(moddir: &Path, roots: &[&str]) -> anyhow::Result<Selection> {
         .map(|f| normalize(f.trim_end_matches(".ko")))
         .collect();
 
+    // Soft dependencies often name an algorithm ("aes", "sha512"): built-in
+    // modules provide some through aliases, generic modules the rest.
+    let builtin_aliases: BTreeSet<String> = std::fs::read(moddir.join("modules.builtin.modinfo"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter_map(|e| {
+            let e = String::from_utf8_lossy(e);
+            e.split_once(".alias=")
+                .map(|(_, a)| normalize(a.trim_start_matches("crypto-")))
+        })
+        .collect();
+
     let mut modules = BTreeMap::new();
     let mut missing_soft = BTreeSet::new();
     let mut queue: VecDeque<(String, bool)> = roots.iter().map(|r| (normalize(r), true)).collect();
@@ -90,11 +102,29 @@ pub fn select(moddir: &Path, roots: &[&str]) -> anyhow::Result<Selection> {
         if modules.contains_key(&name) || builtin.contains(&name) {
             continue;
         }
-        let Some(path) = by_name.get(&name) else {
+        if !hard && builtin_aliases.contains(&name) {
+            continue;
+        }
+        let generic = format!("{name}_generic");
+        let path = match by_name.get(&name) {
+            Some(p) => Some(p),
+            None if !hard => by_name.get(&generic),
+            None => None,
+        };
+        let orig = name.clone();
+        let name = if by_name.contains_key(&name) || hard {
+            name
+        } else {
+            generic
+        };
+        if modules.contains_key(&name) {
+            continue;
+        }
+        let Some(path) = path else {
             if hard {
                 bail!("module {name} is neither in the kernel package nor built in");
             }
-            missing_soft.insert(name);
+            missing_soft.insert(orig);
             continue;
         };
         let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
