@@ -356,7 +356,10 @@ impl SparseExtent {
         let Some(t) = self.table(g / per).await? else {
             return Ok(Grain::Unallocated);
         };
-        let e = t.get((g % per) as usize).copied().unwrap_or(0);
+        self.decode(g, t.get((g % per) as usize).copied().unwrap_or(0))
+    }
+
+    fn decode(&self, g: u64, e: u32) -> Result<Grain> {
         Ok(match e {
             0 => Grain::Unallocated,
             1 if self.hdr.flags & FLAG_ZERO_GRAIN != 0 => Grain::Zero,
@@ -373,7 +376,8 @@ impl SparseExtent {
         })
     }
 
-    /// Allocation of `[off, off+len)` (extent-relative), merged runs.
+    /// Allocation of `[off, off+len)` (extent-relative), merged runs. One table lookup per
+    /// grain table, so a hostile directory cannot make this slow beyond its size.
     pub async fn map(&self, off: u64, len: u64) -> Result<Vec<(u64, u64, Alloc)>> {
         let gb = self.hdr.grain_bytes();
         let per = u64::from(self.hdr.num_gtes_per_gt);
@@ -381,21 +385,25 @@ impl SparseExtent {
         let mut out: Vec<(u64, u64, Alloc)> = Vec::new();
         let mut pos = off;
         while pos < end {
-            let g = pos / gb;
-            let (kind, next) = if self.table(g / per).await?.is_none() {
-                // A missing table: the whole table's span is unallocated.
-                (Alloc::Unallocated, (g / per + 1) * per * gb)
-            } else {
-                let k = match self.grain(g).await? {
+            let t = pos / gb / per;
+            let t_end = ((t + 1) * per * gb).min(end);
+            let Some(table) = self.table(t).await? else {
+                push_run(&mut out, pos, t_end - pos, Alloc::Unallocated);
+                pos = t_end;
+                continue;
+            };
+            while pos < t_end {
+                let g = pos / gb;
+                let e = table.get((g % per) as usize).copied().unwrap_or(0);
+                let kind = match self.decode(g, e)? {
                     Grain::Unallocated => Alloc::Unallocated,
                     Grain::Zero => Alloc::Zero,
                     Grain::At(_) => Alloc::Data,
                 };
-                (k, (g + 1) * gb)
-            };
-            let next = next.min(end);
-            push_run(&mut out, pos, next - pos, kind);
-            pos = next;
+                let next = ((g + 1) * gb).min(t_end);
+                push_run(&mut out, pos, next - pos, kind);
+                pos = next;
+            }
         }
         Ok(out)
     }
