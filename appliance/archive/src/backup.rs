@@ -69,7 +69,8 @@ pub struct BackupOptions {
 }
 
 impl BackupOptions {
-    /// Defaults for a group: repository chunk size and level, two chunks per core in flight.
+    /// Defaults for a group: repository chunk size and level, four chunks per core in flight
+    /// (enough to keep every core busy while other chunks wait on reads and fsync).
     pub fn new(group: &str) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         BackupOptions {
@@ -77,7 +78,7 @@ impl BackupOptions {
             parent: None,
             chunk_size: None,
             compression_level: None,
-            concurrency: (cores * 2).max(4),
+            concurrency: (cores * 4).max(8),
             lock_wait: Duration::from_secs(600),
             meta: BTreeMap::new(),
         }

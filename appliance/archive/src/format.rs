@@ -16,7 +16,8 @@
 //! A truncated object fails the stored-length check, a damaged one the CRC, a foreign file the
 //! magic, and an object of a newer format the version check, each with its own error.
 //!
-//! A chunk body is the plain chunk content (raw when compression does not shrink it). Its
+//! A chunk body is the plain chunk content, zstd-compressed, or raw when compression does not
+//! shrink it (checked first on eight 8 KiB samples, so random data costs no full zstd pass). Its
 //! object key is the SHA-256 of the plain content, which decoding re-checks.
 //!
 //! An index body (zstd) is: disk size u64, chunk size u32, entry count u64, then one 32-byte
@@ -192,7 +193,7 @@ fn decode_body(o: &Opened<'_>, what: &str, limit: u64) -> Result<Vec<u8>, Archiv
             // plain_len <= limit, which fits in usize on every supported target.
             let cap = usize::try_from(o.plain_len).map_err(|_| corrupt("size overflow".into()))?;
             let out =
-                zstd::bulk::decompress(o.body, cap).map_err(|e| corrupt(format!("zstd: {e}")))?;
+                decompress_reusing_context(o.body, cap).map_err(|e| corrupt(format!("zstd: {e}")))?;
             if out.len() as u64 != o.plain_len {
                 return Err(corrupt(format!(
                     "decoded {} bytes, header says {}",
@@ -234,9 +235,64 @@ pub fn parse_digest(s: &str) -> Option<Digest> {
     Some(d)
 }
 
-/// Encodes a chunk: zstd at `level`, or raw when compression does not shrink it.
+/// True when evenly spaced samples of `plain` all fail to compress: random or already
+/// compressed data, where running zstd over the whole chunk would only burn CPU.
+fn looks_incompressible(plain: &[u8]) -> bool {
+    const SAMPLES: usize = 8;
+    const SAMPLE: usize = 8 << 10;
+    if plain.len() < SAMPLES * SAMPLE * 4 {
+        return false;
+    }
+    let step = plain.len() / SAMPLES;
+    (0..SAMPLES).all(|i| {
+        let s = &plain[i * step..i * step + SAMPLE];
+        // Level 1 on 8 KiB costs microseconds; anything under 97% means zstd finds structure.
+        zstd::bulk::compress(s, 1).map_or(false, |c| c.len() * 100 >= s.len() * 97)
+    })
+}
+
+thread_local! {
+    // One zstd context per worker thread: building a context per chunk costs allocations and
+    // table resets that show up in profiles.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress_reusing_context(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let (l, c) = match slot.take() {
+            Some((l, c)) if l == level => (l, c),
+            _ => (level, zstd::bulk::Compressor::new(level)?),
+        };
+        let mut c = c;
+        let out = c.compress(plain);
+        *slot = Some((l, c));
+        out
+    })
+}
+
+fn decompress_reusing_context(body: &[u8], cap: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let mut d = match slot.take() {
+            Some(d) => d,
+            None => zstd::bulk::Decompressor::new()?,
+        };
+        let out = d.decompress(body, cap);
+        *slot = Some(d);
+        out
+    })
+}
+
+/// Encodes a chunk: zstd at `level`, or raw when compression would not shrink it.
 pub fn encode_chunk(plain: &[u8], level: i32) -> Result<Vec<u8>, ArchiveError> {
-    let compressed = zstd::bulk::compress(plain, level).map_err(|e| ArchiveError::Corrupt {
+    if looks_incompressible(plain) {
+        return Ok(seal(Kind::Chunk, CODEC_RAW, plain.len() as u64, plain));
+    }
+    let compressed = compress_reusing_context(plain, level).map_err(|e| ArchiveError::Corrupt {
         object: "chunk".into(),
         why: format!("zstd compression failed: {e}"),
     })?;
