@@ -159,7 +159,7 @@ async fn run(
     progress: Arc<Progress>,
 ) -> Result<Manifest, ArchiveError> {
     let created = now_secs();
-    let id = repo::new_point_id(created);
+    let id = repo::new_point_id();
     let parent = match &opts.parent {
         Some(p) => Some(repo.load_manifest(p).await?),
         None => None,

@@ -192,8 +192,8 @@ fn decode_body(o: &Opened<'_>, what: &str, limit: u64) -> Result<Vec<u8>, Archiv
         _ => {
             // plain_len <= limit, which fits in usize on every supported target.
             let cap = usize::try_from(o.plain_len).map_err(|_| corrupt("size overflow".into()))?;
-            let out =
-                decompress_reusing_context(o.body, cap).map_err(|e| corrupt(format!("zstd: {e}")))?;
+            let out = decompress_reusing_context(o.body, cap)
+                .map_err(|e| corrupt(format!("zstd: {e}")))?;
             if out.len() as u64 != o.plain_len {
                 return Err(corrupt(format!(
                     "decoded {} bytes, header says {}",
@@ -247,7 +247,7 @@ fn looks_incompressible(plain: &[u8]) -> bool {
     (0..SAMPLES).all(|i| {
         let s = &plain[i * step..i * step + SAMPLE];
         // Level 1 on 8 KiB costs microseconds; anything under 97% means zstd finds structure.
-        zstd::bulk::compress(s, 1).map_or(false, |c| c.len() * 100 >= s.len() * 97)
+        zstd::bulk::compress(s, 1).is_ok_and(|c| c.len() * 100 >= s.len() * 97)
     })
 }
 

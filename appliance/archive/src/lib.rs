@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Object envelopes and bodies are described in [`format`]. A restore point id is
-//! `YYYYMMDDTHHMMSSZ-<8 hex>` in UTC, so ids sort by time.
+//! `YYYYMMDDTHHMMSS-mmmZ-<8 hex>` (UTC, milliseconds), so ids sort by time.
 //!
 //! # Guarantees
 //! - **Atomic commit.** Chunks and indexes are written first; then [`Store::sync`] makes them

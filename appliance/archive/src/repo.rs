@@ -154,13 +154,21 @@ pub fn validate_point_id(id: &str) -> Result<(), ArchiveError> {
     }
 }
 
-/// A new restore point id for `now`.
-pub fn new_point_id(now: i64) -> String {
-    let t =
-        time::OffsetDateTime::from_unix_timestamp(now).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    let stamp = t.format(&fmt).unwrap_or_else(|_| now.to_string());
-    format!("{stamp}-{:08x}", rand::random::<u32>())
+/// A new restore point id: UTC time to the millisecond, then random bits, so that ids sort
+/// by time even for points taken within the same second.
+pub fn new_point_id() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}-{:03}Z-{:08x}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond(),
+        rand::random::<u32>()
+    )
 }
 
 /// An open repository.
@@ -337,7 +345,7 @@ impl Repository {
 /// Checks a chunk size.
 pub fn check_chunk_size(cs: u32) -> Result<(), ArchiveError> {
     let ok = (format::MIN_CHUNK_SIZE..=format::MAX_CHUNK_SIZE).contains(&(cs as usize))
-        && cs % 4096 == 0;
+        && cs.is_multiple_of(4096);
     if ok {
         Ok(())
     } else {

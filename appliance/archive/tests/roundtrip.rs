@@ -1,5 +1,9 @@
 //! Backup and restore round trips: restored bytes equal the source for every disk shape.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
 
 mod common;
 

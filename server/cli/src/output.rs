@@ -203,7 +203,7 @@ pub fn list_table(points: &[Manifest]) -> String {
         return "no restore points".into();
     }
     let mut out = format!(
-        "{:<28} {:<20} {:<20} {:>6} {:>11} {:>11}\n",
+        "{:<30} {:<20} {:<20} {:>6} {:>11} {:>11}\n",
         "ID", "GROUP", "CREATED (UTC)", "DISKS", "SIZE", "NEW"
     );
     for m in points {
@@ -221,7 +221,7 @@ pub fn list_table(points: &[Manifest]) -> String {
             })
             .unwrap_or_default();
         out.push_str(&format!(
-            "{:<28} {:<20} {:<20} {:>6} {:>11} {:>11}\n",
+            "{:<30} {:<20} {:<20} {:>6} {:>11} {:>11}\n",
             m.id,
             m.group,
             t,

@@ -1,5 +1,9 @@
 //! The `ferry` binary end to end: exit codes, JSON output, and crash consistency under SIGKILL.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -193,13 +197,16 @@ fn backup_restore_verify_prune_gc_with_json() {
 }
 
 fn walk_first(dir: &Path) -> PathBuf {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            return walk_first(&e.path());
-        }
-        return e.path();
+    let e = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap_or_else(|| panic!("no file under {}", dir.display()));
+    if e.file_type().unwrap().is_dir() {
+        walk_first(&e.path())
+    } else {
+        e.path()
     }
-    panic!("no file under {}", dir.display());
 }
 
 #[test]

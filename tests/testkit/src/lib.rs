@@ -231,8 +231,7 @@ fn fill_text(rng: &mut Rng, offset: u64, buf: &mut [u8]) {
 }
 
 fn fill_records(rng: &mut Rng, offset: u64, buf: &mut [u8]) {
-    let mut id = offset / 64;
-    for rec in buf.chunks_mut(64) {
+    for (id, rec) in (offset / 64..).zip(buf.chunks_mut(64)) {
         let mut r = [0u8; 64];
         r[0..8].copy_from_slice(&id.to_le_bytes());
         r[8..16].copy_from_slice(&(1_790_000_000u64 + id * 7).to_le_bytes());
@@ -243,7 +242,6 @@ fn fill_records(rng: &mut Rng, offset: u64, buf: &mut [u8]) {
         r[32..32 + name.len()].copy_from_slice(name);
         let n = rec.len();
         rec.copy_from_slice(&r[..n]);
-        id += 1;
     }
 }
 
