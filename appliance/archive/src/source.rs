@@ -314,7 +314,7 @@ mod tests {
             .filter(|e| e.kind == ExtentKind::Data)
             .map(|e| e.len)
             .sum();
-        assert!(data >= 1 << 20 && data < 8 << 20, "data {data}");
+        assert!((1 << 20..8 << 20).contains(&data), "data {data}");
         assert_eq!(a.iter().map(|e| e.len).sum::<u64>(), 64 << 20);
         let buf = s.read_at(8 << 20, vec![0; 4]).await.unwrap();
         assert_eq!(buf, vec![7; 4]);
