@@ -16,6 +16,10 @@ pub struct Mount {
     pub fstype: &'static str,
     pub flags: MsFlags,
     pub data: Option<&'static str>,
+    /// API filesystems (proc, sysfs, devtmpfs, devpts) hold no data; if one
+    /// is still referenced at shutdown (init's console, a library's cached
+    /// /dev/urandom) it is detached, which is not an unclean unmount.
+    pub api: bool,
 }
 
 /// The early mounts, in mount order.
@@ -28,6 +32,7 @@ pub fn early_mounts() -> [Mount; 6] {
             fstype: "proc",
             flags: nosuid_nodev_noexec,
             data: None,
+            api: true,
         },
         Mount {
             source: "sysfs",
@@ -35,6 +40,7 @@ pub fn early_mounts() -> [Mount; 6] {
             fstype: "sysfs",
             flags: nosuid_nodev_noexec,
             data: None,
+            api: true,
         },
         Mount {
             source: "devtmpfs",
@@ -42,6 +48,7 @@ pub fn early_mounts() -> [Mount; 6] {
             fstype: "devtmpfs",
             flags: MsFlags::MS_NOSUID,
             data: Some("mode=0755"),
+            api: true,
         },
         Mount {
             source: "devpts",
@@ -49,6 +56,7 @@ pub fn early_mounts() -> [Mount; 6] {
             fstype: "devpts",
             flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
             data: Some("gid=5,mode=0620,ptmxmode=0666"),
+            api: true,
         },
         Mount {
             source: "tmpfs",
@@ -56,6 +64,7 @@ pub fn early_mounts() -> [Mount; 6] {
             fstype: "tmpfs",
             flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             data: Some("mode=0755,size=64m"),
+            api: false,
         },
         Mount {
             source: "tmpfs",
@@ -63,6 +72,7 @@ pub fn early_mounts() -> [Mount; 6] {
             fstype: "tmpfs",
             flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             data: Some("mode=1777,size=256m"),
+            api: false,
         },
     ]
 }
@@ -98,14 +108,54 @@ pub fn unmount_all() -> Vec<String> {
         }
         match umount2(m.target, MntFlags::empty()) {
             Ok(()) => tracing::info!("unmounted {}", m.target),
+            Err(e) if m.api => {
+                let _ = umount2(m.target, MntFlags::MNT_DETACH);
+                tracing::info!(
+                    "detached API filesystem {} ({e}: still referenced)",
+                    m.target
+                );
+            }
             Err(e) => {
                 tracing::warn!("{} is busy ({e}); detaching it", m.target);
+                for user in open_files_under(m.target) {
+                    tracing::warn!("  still open: {user}");
+                }
                 let _ = umount2(m.target, MntFlags::MNT_DETACH);
                 busy.push(m.target.to_string());
             }
         }
     }
     busy
+}
+
+/// Lists `pid fd -> path` for open files below `prefix`, from /proc, to
+/// explain a busy unmount.
+fn open_files_under(prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let t = target.to_string_lossy();
+                if t.starts_with(prefix) {
+                    out.push(format!(
+                        "pid {pid} fd {} -> {t}",
+                        fd.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Whether `target` is a mount point, by comparing its device with its
