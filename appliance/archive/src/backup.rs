@@ -112,9 +112,24 @@ struct DiskCtx {
 
 struct Shared {
     store: Arc<dyn ferry_storage::Store>,
+    /// Digests known to be in the repository: a cache in front of `Store::exists`, bounded
+    /// so that memory does not grow with disk size.
     known: Mutex<HashSet<Digest>>,
     level: i32,
     progress: Arc<Progress>,
+}
+
+/// Entries of the known-digest cache (about 50 bytes each) before it is cleared.
+const KNOWN_CAP: usize = 1 << 19;
+
+impl Shared {
+    fn remember(&self, d: Digest) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= KNOWN_CAP {
+            known.clear();
+        }
+        known.insert(d);
+    }
 }
 
 /// Backs up `disks` into a new restore point and returns its manifest.
@@ -186,9 +201,9 @@ async fn run(
             if let Some(pos) = pos {
                 let idx = repo.load_index(pm, pos).await?;
                 if idx.chunk_size == chunk_size {
-                    let mut known = shared.known.lock().unwrap_or_else(|e| e.into_inner());
-                    known.extend(idx.entries.iter().filter(|e| **e != ZERO_DIGEST));
-                    drop(known);
+                    for d in idx.entries.iter().filter(|e| **e != ZERO_DIGEST) {
+                        shared.remember(*d);
+                    }
                     parent_index = Some(idx);
                 } else {
                     warn!(
@@ -448,22 +463,14 @@ async fn process_chunk(
     };
     let key = chunk_key(&digest);
     if seen || shared.store.exists(&key).await? {
-        shared
-            .known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(digest);
+        shared.remember(digest);
         return Ok((digest, Outcome::Reused));
     }
     let level = shared.level;
     let encoded = tokio::task::spawn_blocking(move || format::encode_chunk(&buf, level)).await??;
     let stored = encoded.len() as u64;
     let fresh = shared.store.put_new(&key, Bytes::from(encoded)).await?;
-    shared
-        .known
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(digest);
+    shared.remember(digest);
     if fresh {
         shared.progress.add_stored(stored);
         Ok((digest, Outcome::New { stored }))
