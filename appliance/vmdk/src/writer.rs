@@ -265,12 +265,14 @@ impl StreamEncoder {
         ))
     }
 
-    fn flush_gt(&mut self, out: &mut Vec<u8>) {
+    fn flush_gt(&mut self, out: &mut Vec<u8>) -> Result<()> {
         if self.gt_dirty {
             out.extend_from_slice(&marker(GT_SECTORS, MARKER_GT));
             self.pos += 1;
+            let at = u32::try_from(self.pos)
+                .map_err(|_| VmdkError::Input("compressed stream exceeds 2 TiB".into()))?;
             if let Some(e) = self.gd.get_mut(self.gt_index as usize) {
-                *e = self.pos as u32;
+                *e = at;
             }
             for e in &self.gt {
                 out.extend_from_slice(&e.to_le_bytes());
@@ -279,12 +281,13 @@ impl StreamEncoder {
             self.gt.fill(0);
             self.gt_dirty = false;
         }
+        Ok(())
     }
 
     fn push(&mut self, grain: u64, record: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let t = grain / GTES;
         if t != self.gt_index {
-            self.flush_gt(out);
+            self.flush_gt(out)?;
             self.gt_index = t;
         }
         // GT entries are 32-bit sectors: a stream past 2 TiB of compressed data cannot be
@@ -299,8 +302,8 @@ impl StreamEncoder {
         Ok(())
     }
 
-    fn finish(mut self, out: &mut Vec<u8>) -> u64 {
-        self.flush_gt(out);
+    fn finish(mut self, out: &mut Vec<u8>) -> Result<u64> {
+        self.flush_gt(out)?;
         let gd_sectors = (self.gd.len() as u64 * 4).div_ceil(SECTOR);
         out.extend_from_slice(&marker(gd_sectors, MARKER_GD));
         self.pos += 1;
@@ -316,7 +319,7 @@ impl StreamEncoder {
         footer.gd_offset = gd_at;
         out.extend_from_slice(&footer.to_bytes());
         out.extend_from_slice(&marker(0, MARKER_EOS));
-        self.stored
+        Ok(self.stored)
     }
 }
 
@@ -417,7 +420,7 @@ pub fn write_stream_optimized_sync<R: Read + Send, W: Write + Send>(
         cur = next?;
         off = next_off;
     }
-    let stored = enc.finish(&mut pending);
+    let stored = enc.finish(&mut pending)?;
     out.write_all(&pending).map_err(wio)?;
     out.flush().map_err(wio)?;
     written += pending.len() as u64;
@@ -499,7 +502,7 @@ pub async fn write_stream_optimized<W: AsyncWrite + Unpin + Send>(
         cur = n?;
         off = next_off;
     }
-    let stored = enc.finish(&mut pending);
+    let stored = enc.finish(&mut pending)?;
     out.write_all(&pending).await.map_err(wio)?;
     out.flush().await.map_err(wio)?;
     written += pending.len() as u64;
