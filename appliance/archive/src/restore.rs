@@ -201,6 +201,8 @@ async fn restore_file(
     res
 }
 
+/// Fetches chunks in parallel and hands them, in completion order, to one writer thread:
+/// parallel buffered writes to one file only contend on the inode lock.
 async fn write_positional(
     repo: &Repository,
     index: &Arc<Index>,
@@ -214,30 +216,49 @@ async fn write_positional(
         size: index.disk_size,
         ..Default::default()
     };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(4);
+    let writer_path = path.to_path_buf();
+    let writer = tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
+        while let Some((off, data)) = rx.blocking_recv() {
+            file.write_all_at(&data, off)
+                .map_err(|e| target_err(&writer_path, e))?;
+        }
+        Ok(())
+    });
     let mut jobs = stream::iter(0..index.entries.len())
         .map(|i| {
             let index = index.clone();
-            let file = file.clone();
-            let path = path.to_path_buf();
             async move {
                 let (off, len) = index.chunk_range(i);
                 let digest = index.entries[i];
-                let data = if digest == ZERO_DIGEST {
-                    if !write_zeros {
-                        return Ok::<_, ArchiveError>((len, true));
-                    }
-                    vec![0u8; len]
-                } else {
-                    fetch_chunk(repo, digest, len).await?
-                };
-                tokio::task::spawn_blocking(move || file.write_all_at(&data, off))
-                    .await?
-                    .map_err(|e| target_err(&path, e))?;
-                Ok((len, digest == ZERO_DIGEST))
+                if digest == ZERO_DIGEST {
+                    let data = if write_zeros {
+                        Some(vec![0u8; len])
+                    } else {
+                        None
+                    };
+                    return Ok::<_, ArchiveError>((off, len, true, data));
+                }
+                let data = fetch_chunk(repo, digest, len).await?;
+                Ok((off, len, false, Some(data)))
             }
         })
         .buffer_unordered(concurrency.max(1));
-    while let Some((len, zero)) = jobs.try_next().await? {
+    let mut failed = None;
+    while let Some(item) = jobs.next().await {
+        let (off, len, zero, data) = match item {
+            Ok(x) => x,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        };
+        if let Some(data) = data {
+            if tx.send((off, data)).await.is_err() {
+                // The writer stopped: its error is reported below.
+                break;
+            }
+        }
         let len = len as u64;
         if zero {
             stats.zero += len;
@@ -248,6 +269,12 @@ async fn write_positional(
         }
         progress.add_done(len);
     }
+    drop(tx);
+    let written = writer.await?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    written?;
     Ok(stats)
 }
 
