@@ -15,9 +15,15 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod limit;
 mod local;
+pub mod options;
+pub mod s3;
+pub mod sftp;
 
+pub use limit::{Backend, Limited};
 pub use local::LocalStore;
+pub use options::{Secrets, StoreOptions};
 
 /// Errors of a storage backend.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +63,44 @@ pub enum StoreError {
     /// The storage URL is malformed or names an unsupported scheme.
     #[error("unsupported or malformed storage location {0:?}")]
     BadLocation(String),
+    /// A network or server fault that may go away (connection reset, timeout, 5xx, FTP 421).
+    /// The retry layer retries these; callers see one only after the retries are exhausted.
+    #[error("{op} {key}: temporary failure: {detail}")]
+    Transient {
+        /// What was being done.
+        op: &'static str,
+        /// Key or path.
+        key: String,
+        /// What the backend reported (never contains secrets).
+        detail: String,
+    },
+    /// The server refused the operation for good (a 4xx status, an SFTP failure status).
+    #[error("{op} {key}: {detail}")]
+    Remote {
+        /// What was being done.
+        op: &'static str,
+        /// Key or path.
+        key: String,
+        /// What the server reported.
+        detail: String,
+    },
+    /// Logging in failed, or the server could not be trusted (wrong password, unknown or
+    /// changed host key, TLS certificate that does not verify).
+    #[error("cannot connect to {location}: {detail}")]
+    Auth {
+        /// Secret-free location.
+        location: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The capability probe at open found that the storage cannot hold a repository.
+    #[error("storage {location} cannot hold a repository: {detail}")]
+    Capability {
+        /// Secret-free location.
+        location: String,
+        /// Which step failed and why.
+        detail: String,
+    },
 }
 
 impl StoreError {
@@ -91,6 +135,26 @@ impl StoreError {
     /// True when the object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound(_))
+    }
+
+    /// True for faults worth retrying: [`StoreError::Transient`], and I/O errors that mean the
+    /// connection or the server went away.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Transient { .. } => true,
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::NotConnected
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::Interrupted
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -143,6 +207,12 @@ pub trait Store: Send + Sync + Debug {
         let _ = min_age_secs;
         Ok(0)
     }
+
+    /// Connects and runs the capability probe now, instead of at the first operation.
+    /// Remote stores fail here with [`StoreError::Capability`] or [`StoreError::Auth`].
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Checks that a key is relative, normalized and made of safe characters.
@@ -166,8 +236,27 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Opens a store from a location: `file:///path`, or a plain filesystem path.
+/// Opens a store from a location with options from the environment
+/// ([`StoreOptions::from_env`]). See [`open_store_with`].
 pub fn open_store(location: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if location.contains("://") && !location.starts_with("file://") {
+        return open_store_with(location, StoreOptions::from_env()?);
+    }
+    open_store_with(location, StoreOptions::default())
+}
+
+/// Opens a store from a location: `file:///path`, a plain filesystem path, or a remote URL
+/// (see the crate docs). Remote stores connect lazily: the first operation (or
+/// [`Store::check`]) connects and runs the capability probe, so this needs no runtime.
+pub fn open_store_with(
+    location: &str,
+    opts: StoreOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if let Some((scheme, _)) = location.split_once("://") {
+        if scheme != "file" {
+            return open_remote(scheme, location, opts);
+        }
+    }
     if let Some(rest) = location.strip_prefix("file://") {
         let url =
             url::Url::parse(location).map_err(|_| StoreError::BadLocation(location.to_string()))?;
@@ -180,6 +269,33 @@ pub fn open_store(location: &str) -> Result<std::sync::Arc<dyn Store>, StoreErro
         return Err(StoreError::BadLocation(location.to_string()));
     }
     Ok(std::sync::Arc::new(LocalStore::new(location.into())))
+}
+
+/// Parses a remote URL, applies its tuning parameters, and builds the backend behind the
+/// retry/limit layer. Errors never echo the URL (it may hold a password).
+fn open_remote(
+    scheme: &str,
+    location: &str,
+    mut opts: StoreOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    let url = url::Url::parse(location)
+        .map_err(|e| StoreError::BadLocation(format!("{scheme}:// URL does not parse: {e}")))?;
+    for (k, v) in url.query_pairs() {
+        opts.apply_param(&k, &v)?;
+    }
+    match scheme {
+        "s3" => Ok(std::sync::Arc::new(Limited::new(
+            s3::S3Store::open(&url, &opts)?,
+            &opts,
+        ))),
+        "sftp" => Ok(std::sync::Arc::new(Limited::new(
+            sftp::SftpStore::open(&url, &opts)?,
+            &opts,
+        ))),
+        other => Err(StoreError::BadLocation(format!(
+            "unsupported storage scheme {other}:// (supported: file, sftp, s3)"
+        ))),
+    }
 }
 
 #[cfg(test)]
