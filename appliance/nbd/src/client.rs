@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -533,7 +533,7 @@ async fn reader_task(mut r: Reader, shared: Arc<Shared>) {
     shared.fail(e);
 }
 
-async fn read_one(r: &mut Reader, shared: &Shared) -> Result<(), NbdError> {
+async fn read_one<R: AsyncRead + Unpin>(r: &mut R, shared: &Shared) -> Result<(), NbdError> {
     let t = shared.t;
     let mut hb = [0u8; 20];
     // An idle connection waits here without limit; each request times its own reply.
@@ -589,8 +589,8 @@ fn finish(op: Op) -> Result<Op, NbdError> {
 }
 
 /// Consumes one reply message for `p`; true when the reply is complete.
-async fn handle_reply(
-    r: &mut Reader,
+async fn handle_reply<R: AsyncRead + Unpin>(
+    r: &mut R,
     shared: &Shared,
     h: ReplyHeader,
     p: &mut Pending,
@@ -746,8 +746,8 @@ async fn handle_reply(
     }
 }
 
-async fn read_payload(
-    r: &mut Reader,
+async fn read_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
     len: u32,
     t: Duration,
     what: &'static str,
@@ -1122,5 +1122,157 @@ impl NbdClient {
     /// Sends `NBD_CMD_DISC` on every connection and closes them.
     pub async fn disconnect(self) {
         futures::future::join_all(self.conns.iter().map(|c| c.disconnect())).await;
+    }
+}
+
+/// Entry points for the fuzz targets; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Feeds `data` as the server's reply stream to a connection with a read (handle 1,
+    /// 64 KiB at 4096), a block status (handle 2, 1 MiB at 0, contexts 1 and 2) and a
+    /// read at the start (handle 3, 512 bytes) in flight, until the stream ends or breaks
+    /// the protocol. Returns how many replies completed.
+    pub fn replies(data: &[u8], structured: bool) -> usize {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        else {
+            return 0;
+        };
+        rt.block_on(async {
+            let shared = Shared {
+                state: Mutex::new(State::default()),
+                structured,
+                context_ids: [1u32, 2].into_iter().collect(),
+                t: Duration::from_millis(1),
+            };
+            let mut rxs: Vec<oneshot::Receiver<Result<Op, NbdError>>> = Vec::new();
+            let ops = [
+                (
+                    1u64,
+                    Op::Read {
+                        buf: vec![0; 65536],
+                        cov: ReadCoverage::new(4096, 65536),
+                    },
+                ),
+                (
+                    2,
+                    Op::Status {
+                        offset: 0,
+                        len: 1 << 20,
+                        by_context: HashMap::new(),
+                    },
+                ),
+                (
+                    3,
+                    Op::Read {
+                        buf: vec![0; 512],
+                        cov: ReadCoverage::new(0, 512),
+                    },
+                ),
+            ];
+            for (h, op) in ops {
+                let (tx, rx) = oneshot::channel();
+                rxs.push(rx);
+                shared.lock().pending.insert(
+                    h,
+                    Pending {
+                        op,
+                        error: None,
+                        tx,
+                    },
+                );
+            }
+            let mut r = data;
+            while read_one(&mut r, &shared).await.is_ok() {}
+            rxs.into_iter()
+                .filter_map(|mut rx| rx.try_recv().ok())
+                .filter(Result::is_ok)
+                .count()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid_stream() -> Vec<u8> {
+        let mut d = Vec::new();
+        d.extend(proto::encode_chunk_header(
+            reply::FLAG_DONE,
+            reply::OFFSET_DATA,
+            3,
+            8 + 512,
+        ));
+        d.extend(0u64.to_be_bytes());
+        d.extend([9u8; 512]);
+        let mut bs = 1u32.to_be_bytes().to_vec();
+        bs.extend(4096u32.to_be_bytes());
+        bs.extend(3u32.to_be_bytes());
+        d.extend(proto::encode_chunk_header(
+            0,
+            reply::BLOCK_STATUS,
+            2,
+            bs.len() as u32,
+        ));
+        d.extend(&bs);
+        let mut bs = 2u32.to_be_bytes().to_vec();
+        bs.extend((1u32 << 20).to_be_bytes());
+        bs.extend(0u32.to_be_bytes());
+        d.extend(proto::encode_chunk_header(
+            reply::FLAG_DONE,
+            reply::BLOCK_STATUS,
+            2,
+            bs.len() as u32,
+        ));
+        d.extend(&bs);
+        d.extend(proto::encode_chunk_header(0, reply::OFFSET_HOLE, 1, 12));
+        d.extend(4096u64.to_be_bytes());
+        d.extend(32768u32.to_be_bytes());
+        d.extend(proto::encode_chunk_header(
+            0,
+            reply::OFFSET_DATA,
+            1,
+            8 + 32768,
+        ));
+        d.extend((4096u64 + 32768).to_be_bytes());
+        d.extend([1u8; 32768]);
+        d.extend(proto::encode_chunk_header(
+            reply::FLAG_DONE,
+            reply::NONE,
+            1,
+            0,
+        ));
+        d
+    }
+
+    #[test]
+    fn the_reply_reader_completes_a_valid_interleaved_stream() {
+        assert_eq!(fuzzing::replies(&valid_stream(), true), 3);
+        // Cut anywhere, fewer replies complete and nothing panics.
+        let d = valid_stream();
+        assert_eq!(fuzzing::replies(&d[..d.len() - 1], true), 2);
+        assert_eq!(fuzzing::replies(&d, false), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn random_reply_streams_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1024), structured in any::<bool>()) {
+            fuzzing::replies(&data, structured);
+        }
+
+        #[test]
+        fn mutated_valid_streams_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut d = valid_stream();
+            for (at, v) in flips {
+                let n = d.len();
+                d[at % n] = v;
+            }
+            fuzzing::replies(&d, true);
+        }
     }
 }

@@ -1,7 +1,11 @@
 //! End to end at library level: a full backup of a qemu-nbd export through `NbdSource`
 //! (holes skipped thanks to block status), an incremental driven by a qemu dirty bitmap,
 //! and restores that give the same bytes.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
 
 mod common;
 

@@ -1,5 +1,9 @@
 //! The client against real `qemu-nbd`: raw, qcow2 and vmdk exports, a dirty bitmap, TCP.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
 
 mod common;
 

@@ -1,6 +1,10 @@
 //! A tiny fake server that breaks the protocol in one way per test. Each case must end in
 //! a clear typed error: no panic, no hang.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
 
 use std::time::Duration;
 

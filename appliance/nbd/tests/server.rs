@@ -1,6 +1,10 @@
 //! The read-only server against real clients (`nbdinfo`, `nbdcopy`, `qemu-img`), our own
 //! client, raw protocol abuse, and TLS with client certificates.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
 
 mod common;
 

@@ -1,6 +1,10 @@
 //! STARTTLS against `qemu-nbd --tls-creds` and `nbdkit --tls=require`, with certificates
 //! made by rcgen in the test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
 
 mod common;
 
