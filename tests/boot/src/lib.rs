@@ -437,6 +437,80 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// A tiny SNTP server on the host's UDP 127.0.0.1:123, which the guest
+/// reaches as 10.0.2.2:123 through slirp. Its clock runs `offset_secs` ahead
+/// of the host's, so a guest that syncs to it shows a clear step.
+#[derive(Debug)]
+pub struct SntpServer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Seconds from 1900 (NTP era 0) to 1970.
+const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+
+fn ntp_timestamp(offset_secs: i64) -> [u8; 8] {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = (now.as_secs() + NTP_UNIX_OFFSET).saturating_add_signed(offset_secs);
+    let frac = (u64::from(now.subsec_nanos()) << 32) / 1_000_000_000;
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&(secs as u32).to_be_bytes());
+    b[4..].copy_from_slice(&(frac as u32).to_be_bytes());
+    b
+}
+
+impl SntpServer {
+    pub fn start(offset_secs: i64) -> anyhow::Result<Self> {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:123")
+            .context("bind UDP 127.0.0.1:123 for the SNTP peer (needs root and a free port 123)")?;
+        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stop2, req2) = (stop.clone(), requests.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if n < 48 {
+                    continue;
+                }
+                req2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut r = [0u8; 48];
+                r[0] = 0x24; // LI 0, version 4, mode 4 (server)
+                r[1] = 1; // stratum 1
+                r[2] = buf[2]; // poll
+                r[3] = 0xEC; // precision 2^-20
+                r[8..12].copy_from_slice(&0x0000_0010u32.to_be_bytes()); // root dispersion
+                r[12..16].copy_from_slice(b"LOCL");
+                r[16..24].copy_from_slice(&ntp_timestamp(offset_secs - 1));
+                r[24..32].copy_from_slice(&buf[40..48]); // originate = client transmit
+                r[32..40].copy_from_slice(&ntp_timestamp(offset_secs));
+                r[40..48].copy_from_slice(&ntp_timestamp(offset_secs));
+                let _ = sock.send_to(&r, peer);
+            }
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            requests,
+        })
+    }
+}
+
+impl Drop for SntpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Reads `manifest.json` written by ferry-image.
 pub fn manifest() -> anyhow::Result<serde_json::Value> {
     let p = appliance_dir().join("manifest.json");

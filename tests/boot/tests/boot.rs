@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use ferry_boot_tests::{manifest, BootOpts, Vm};
+use ferry_boot_tests::{manifest, BootOpts, SntpServer, Vm};
 use serde_json::Value;
 
 const READY: &str = "agent ready";
@@ -132,9 +132,12 @@ fn dhcp_boot_status_restart_powerdown() {
 
 #[test]
 #[ignore = "boot test: run tests/boot.sh"]
-fn static_address_from_cmdline() {
+fn static_address_and_sntp_from_cmdline() {
+    // The guest reaches the host's 127.0.0.1:123 as 10.0.2.2:123.
+    const AHEAD: i64 = 3600;
+    let _sntp = SntpServer::start(AHEAD).unwrap();
     let opts = BootOpts {
-        cmdline: "ferry.ip=10.0.2.50/24 ferry.gateway=10.0.2.2 ferry.dns=10.0.2.3 ferry.hostname=ferry-static".into(),
+        cmdline: "ferry.ip=10.0.2.50/24 ferry.gateway=10.0.2.2 ferry.dns=10.0.2.3 ferry.hostname=ferry-static ferry.ntp=10.0.2.2".into(),
         nic: "virtio-net-pci",
         guest_ip: "10.0.2.50".into(),
     };
