@@ -1,0 +1,403 @@
+//! Real servers for the backend tests (sshd, s3s-fs), and the archive cycle every backend runs.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_archive::restore::Target;
+use ferry_archive::{BackupOptions, DiskInput, FileSource, Manifest, Progress, Repository};
+use ferry_storage::{Store, StoreOptions};
+use sha2::{Digest as _, Sha256};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_port(port: u16) {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "server on {port} not up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn which(bin: &str, extra: &[&str]) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(extra.iter().map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join(bin)).find(|p| p.is_file())
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A server process that can be killed and started again with the same command.
+pub struct Proc {
+    cmd: Vec<String>,
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Proc {
+    fn spawn(cmd: Vec<String>, port: u16) -> Proc {
+        let mut p = Proc {
+            cmd,
+            child: None,
+            port,
+        };
+        p.start();
+        p
+    }
+
+    pub fn start(&mut self) {
+        let child = Command::new(&self.cmd[0])
+            .args(&self.cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_port(self.port);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------- S3 (s3s-fs)
+
+pub const S3_ACCESS: &str = "ferrytestaccess";
+pub const S3_SECRET: &str = "ferrytestsecret0123456789";
+
+pub struct S3Server {
+    pub proc: Proc,
+    pub root: PathBuf,
+}
+
+impl S3Server {
+    /// s3s-fs (checks SigV4) on a free loopback port, serving `root`; bucket `bkt` exists.
+    pub fn start(root: &Path) -> S3Server {
+        let bin = which("s3s-fs", &["/root/.cargo/bin"]).unwrap_or_else(|| {
+            panic!(
+                "s3s-fs not found: install it with \
+                 `cargo install s3s-fs@0.14.1 --features binary --locked`"
+            )
+        });
+        std::fs::create_dir_all(root.join("bkt")).unwrap();
+        let port = free_port();
+        let cmd = vec![
+            bin.to_string_lossy().into_owned(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--access-key".into(),
+            S3_ACCESS.into(),
+            "--secret-key".into(),
+            S3_SECRET.into(),
+            root.to_string_lossy().into_owned(),
+        ];
+        S3Server {
+            proc: Proc::spawn(cmd, port),
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self, prefix: &str) -> String {
+        format!(
+            "s3://bkt/{prefix}?endpoint=http://127.0.0.1:{}&region=us-east-1&path_style=true",
+            self.proc.port
+        )
+    }
+
+    pub fn options(&self) -> StoreOptions {
+        let mut o = fast_retry_options();
+        o.secrets.access_key_id = Some(S3_ACCESS.into());
+        o.secrets.secret_access_key = Some(S3_SECRET.into());
+        o
+    }
+}
+
+/// Retries quick enough for tests, still enough to ride out a server restart.
+pub fn fast_retry_options() -> StoreOptions {
+    StoreOptions {
+        retries: 8,
+        backoff: Duration::from_millis(100),
+        op_timeout: Duration::from_secs(20),
+        ..StoreOptions::default()
+    }
+}
+
+// ---------------------------------------------------------------- SFTP (sshd)
+
+pub const SFTP_USER: &str = "ferrysftp";
+pub const SFTP_PASSWORD: &str = "Ferry-test-pw-7";
+
+pub struct Sshd {
+    pub proc: Proc,
+    pub dir: PathBuf,
+    pub client_key: PathBuf,
+    pub host_key: PathBuf,
+}
+
+fn sshd_bin() -> PathBuf {
+    which("sshd", &["/usr/sbin"]).unwrap_or_else(|| {
+        panic!("sshd not found: install it with `apt-get install -y openssh-server`")
+    })
+}
+
+/// A local user with a password, for password authentication (the tests run as root).
+pub fn ensure_user() {
+    let ok = Command::new("id").arg(SFTP_USER).output().unwrap();
+    if !ok.status.success() {
+        let _ = Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", SFTP_USER])
+            .status();
+    }
+    let mut c = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{SFTP_USER}:{SFTP_PASSWORD}\n").as_bytes())
+        .unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+pub fn keygen(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("pub"));
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ferry-test", "-f"])
+        .arg(path));
+}
+
+impl Sshd {
+    /// sshd with its own config, host key, and an authorized client key, on a free port.
+    pub fn start(dir: &Path) -> Sshd {
+        let bin = sshd_bin();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        ensure_user();
+        let host_key = dir.join("host_key");
+        let client_key = dir.join("client_key");
+        keygen(&host_key);
+        keygen(&client_key);
+        std::fs::copy(
+            client_key.with_extension("pub"),
+            dir.join("authorized_keys"),
+        )
+        .unwrap();
+        let port = free_port();
+        let cfg = dir.join("sshd_config");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile none\n\
+                 AuthorizedKeysFile {ak}\nStrictModes no\nPermitRootLogin yes\n\
+                 PasswordAuthentication yes\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 Subsystem sftp internal-sftp\nMaxSessions 64\nMaxStartups 64\n",
+                hk = host_key.display(),
+                ak = dir.join("authorized_keys").display(),
+            ),
+        )
+        .unwrap();
+        let cmd = vec![
+            bin.to_string_lossy().into_owned(),
+            "-D".into(),
+            "-e".into(),
+            "-f".into(),
+            cfg.to_string_lossy().into_owned(),
+        ];
+        Sshd {
+            proc: Proc::spawn(cmd, port),
+            dir: dir.to_path_buf(),
+            client_key,
+            host_key,
+        }
+    }
+
+    /// `SHA256:…` of the current host key.
+    pub fn fingerprint(&self) -> String {
+        let out = run(Command::new("ssh-keygen")
+            .args(["-E", "sha256", "-l", "-f"])
+            .arg(self.host_key.with_extension("pub")));
+        out.split_whitespace().nth(1).unwrap().to_string()
+    }
+
+    /// Replaces the host key and restarts the server.
+    pub fn change_host_key(&mut self) {
+        self.proc.kill();
+        keygen(&self.host_key);
+        self.proc.start();
+    }
+
+    pub fn url(&self, user: &str, path: &Path) -> String {
+        format!(
+            "sftp://{user}@127.0.0.1:{}{}",
+            self.proc.port,
+            path.display()
+        )
+    }
+
+    /// Options for key auth as root, with the host key pinned by fingerprint.
+    pub fn key_options(&self) -> StoreOptions {
+        let mut o = fast_retry_options();
+        o.secrets.key_file = Some(self.client_key.clone());
+        o.secrets.host_fingerprint = Some(self.fingerprint());
+        o
+    }
+}
+
+// ---------------------------------------------------------------- the archive cycle
+
+pub fn sha256_file(p: &Path) -> String {
+    let data = std::fs::read(p).unwrap();
+    hex::encode(Sha256::digest(&data))
+}
+
+pub fn input(p: &Path) -> DiskInput {
+    DiskInput {
+        name: p.file_name().unwrap().to_string_lossy().into_owned(),
+        source: Arc::new(FileSource::open(p).unwrap()),
+        changed: None,
+        change_id: None,
+        meta: BTreeMap::new(),
+    }
+}
+
+pub async fn backup(
+    repo: &Repository,
+    disk: &Path,
+) -> Result<Manifest, ferry_archive::ArchiveError> {
+    let opts = BackupOptions::new("vm");
+    ferry_archive::backup(
+        repo,
+        vec![input(disk)],
+        &opts,
+        Arc::new(Progress::default()),
+    )
+    .await
+}
+
+pub async fn restore_sha(repo: &Repository, m: &Manifest, out: &Path) -> String {
+    ferry_archive::restore::restore(
+        repo,
+        m,
+        0,
+        &Target::File(out.to_path_buf()),
+        4,
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap();
+    sha256_file(out)
+}
+
+pub async fn verify_ok(repo: &Repository) {
+    let r = ferry_archive::verify::verify(repo, &[], 4, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert!(r.ok(), "verify found damage: {:?}", r.damaged);
+}
+
+/// Overwrites 1 MiB at `off` with new random bytes.
+pub fn touch_disk(p: &Path, off: u64, seed: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    let data: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
+        .collect();
+    f.write_all_at(&data, off).unwrap();
+}
+
+/// The cycle every backend must pass: init, full backup, verify, restore (sha256 equal),
+/// incremental, prune to the last point, GC, verify, restore the survivor.
+pub async fn full_cycle(store: Arc<dyn Store>, work: &Path, disk_size: u64) {
+    let disk = work.join("disk.raw");
+    ferry_testkit::MixedDisk::new(disk_size, 11)
+        .write(&disk)
+        .unwrap();
+    let repo = Repository::init(store.clone(), 1 << 20, 3).await.unwrap();
+    let m1 = backup(&repo, &disk).await.unwrap();
+    assert!(m1.disks[0].stats.new_chunks > 0);
+    verify_ok(&repo).await;
+    let sha1 = sha256_file(&disk);
+    assert_eq!(restore_sha(&repo, &m1, &work.join("r1")).await, sha1);
+
+    touch_disk(&disk, disk_size / 3, 0x5a);
+    let m2 = backup(&repo, &disk).await.unwrap();
+    let s2 = &m2.disks[0].stats;
+    assert!(
+        s2.new_chunks >= 1 && s2.new_chunks <= 2,
+        "incremental stored {s2:?}"
+    );
+    let sha2 = sha256_file(&disk);
+    assert_ne!(sha1, sha2);
+
+    let keep = ferry_archive::prune::KeepOptions {
+        last: Some(1),
+        ..Default::default()
+    };
+    let d = ferry_archive::prune::prune(&repo, None, &keep, false)
+        .await
+        .unwrap();
+    assert_eq!(d.iter().filter(|d| !d.keep).count(), 1, "{d:?}");
+    let g = ferry_archive::gc::gc(&repo, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(g.removed_chunks >= 1, "{g:?}");
+    let points = repo.list_points().await.unwrap();
+    assert_eq!(points.len(), 1);
+    verify_ok(&repo).await;
+    assert_eq!(restore_sha(&repo, &points[0], &work.join("r2")).await, sha2);
+    // Nothing but repository objects is left behind (no probe or temporary objects).
+    for o in store.list("").await.unwrap() {
+        assert!(
+            o.key == "config" || o.key.starts_with("chunks/") || o.key.starts_with("points/"),
+            "stray object {o:?}"
+        );
+    }
+}
+
+/// A disk of incompressible pseudo-random bytes.
+pub fn random_disk(p: &Path, size: usize, seed: u64) {
+    let mut x = seed | 1;
+    let mut data = Vec::with_capacity(size);
+    while data.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(size);
+    std::fs::write(p, data).unwrap();
+}
