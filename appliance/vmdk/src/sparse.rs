@@ -487,20 +487,20 @@ impl SparseExtent {
             let name = self.name.clone();
             let markers = self.hdr.markers();
             let file_len = self.file_len;
-            let out = tokio::task::spawn_blocking(move || {
+            let (base, out) = tokio::task::spawn_blocking(move || {
                 inflate_group(&name, &span, first, file_len, gb as usize, markers, group)
             })
             .await
             .map_err(|e| VmdkError::io("inflate task", std::io::Error::other(e)))??;
-            for (dst, data) in out {
-                buf[dst..dst + data.len()].copy_from_slice(&data);
-            }
+            buf[base..base + out.len()].copy_from_slice(&out);
         }
         Ok(())
     }
 }
 
-/// Inflates each piece's grain from `span` (which starts at file offset `base`).
+/// Inflates each piece's grain from `span` (which starts at file offset `base`) into one
+/// buffer covering the pieces' destinations; returns its destination offset and the buffer.
+/// Whole grains inflate in place; partial ones go through a scratch grain.
 fn inflate_group(
     name: &str,
     span: &[u8],
@@ -509,65 +509,68 @@ fn inflate_group(
     grain_bytes: usize,
     markers: bool,
     group: Vec<ZPiece>,
-) -> Result<Vec<(usize, Vec<u8>)>> {
-    let mut out = Vec::with_capacity(group.len());
-    let mut grain = vec![0u8; grain_bytes];
-    let mut cached: Option<(u64, usize)> = None;
+) -> Result<(usize, Vec<u8>)> {
+    let lo = group.iter().map(|p| p.dst).min().unwrap_or(0);
+    let hi = group.iter().map(|p| p.dst + p.len).max().unwrap_or(0);
+    let mut out = vec![0u8; hi - lo];
+    let mut scratch: Vec<u8> = Vec::new();
     for p in group {
         let rel = (p.file_off - base) as usize;
-        let got = match cached {
-            Some((fo, n)) if fo == p.file_off => n,
-            _ => {
-                let rec = span.get(rel..).unwrap_or(&[]);
-                let data = if markers {
-                    if rec.len() < 12 {
-                        return Err(VmdkError::corrupt(
-                            name,
-                            format!("grain marker at {} is truncated", p.file_off),
-                        ));
-                    }
-                    let size = le32(rec, 8) as usize;
-                    if size == 0 || size as u64 > max_compressed(grain_bytes as u64) {
-                        return Err(VmdkError::corrupt(
-                            name,
-                            format!("grain at {} has compressed size {size}", p.file_off),
-                        ));
-                    }
-                    if p.file_off + 12 + size as u64 > file_len || rec.len() < 12 + size {
-                        return Err(VmdkError::corrupt(
-                            name,
-                            format!(
-                                "compressed grain at {} runs past the end of the file",
-                                p.file_off
-                            ),
-                        ));
-                    }
-                    &rec[12..12 + size]
-                } else {
-                    rec
-                };
-                let n = inflate(data, &mut grain).map_err(|msg| VmdkError::Inflate {
-                    file: name.to_string(),
-                    offset: p.file_off,
-                    msg,
-                })?;
-                cached = Some((p.file_off, n));
-                n
+        let rec = span.get(rel..).unwrap_or(&[]);
+        let data = if markers {
+            if rec.len() < 12 {
+                return Err(VmdkError::corrupt(
+                    name,
+                    format!("grain marker at {} is truncated", p.file_off),
+                ));
             }
+            let size = le32(rec, 8) as usize;
+            if size == 0 || size as u64 > max_compressed(grain_bytes as u64) {
+                return Err(VmdkError::corrupt(
+                    name,
+                    format!("grain at {} has compressed size {size}", p.file_off),
+                ));
+            }
+            if p.file_off + 12 + size as u64 > file_len || rec.len() < 12 + size {
+                return Err(VmdkError::corrupt(
+                    name,
+                    format!(
+                        "compressed grain at {} runs past the end of the file",
+                        p.file_off
+                    ),
+                ));
+            }
+            &rec[12..12 + size]
+        } else {
+            rec
         };
-        if p.in_grain + p.len > got {
-            return Err(VmdkError::Inflate {
-                file: name.to_string(),
-                offset: p.file_off,
-                msg: format!(
-                    "grain inflates to {got} bytes, {} needed",
+        let err = |msg: String| VmdkError::Inflate {
+            file: name.to_string(),
+            offset: p.file_off,
+            msg,
+        };
+        let dst = &mut out[p.dst - lo..p.dst - lo + p.len];
+        if p.in_grain == 0 && p.len == grain_bytes {
+            let n = inflate(data, dst).map_err(err)?;
+            if n < p.len {
+                return Err(err(format!(
+                    "grain inflates to {n} bytes, {} needed",
+                    p.len
+                )));
+            }
+        } else {
+            scratch.resize(grain_bytes, 0);
+            let n = inflate(data, &mut scratch).map_err(err)?;
+            if p.in_grain + p.len > n {
+                return Err(err(format!(
+                    "grain inflates to {n} bytes, {} needed",
                     p.in_grain + p.len
-                ),
-            });
+                )));
+            }
+            dst.copy_from_slice(&scratch[p.in_grain..p.in_grain + p.len]);
         }
-        out.push((p.dst, grain[p.in_grain..p.in_grain + p.len].to_vec()));
     }
-    Ok(out)
+    Ok((lo, out))
 }
 
 /// Largest compressed grain we accept: deflate of any level stays well under twice the input.
