@@ -21,6 +21,8 @@ use crate::state::Published;
 
 /// How long to wait for the NIC driver to register an interface.
 const LINK_WAIT: Duration = Duration::from_secs(20);
+/// How long to wait for the carrier after setting the link up.
+const CARRIER_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs the network forever (DHCP keeps renewing). Errors are published and
 /// retried; this only returns if rtnetlink itself cannot be opened.
@@ -272,6 +274,20 @@ async fn wait_for_ethernet(timeout: Duration) -> Option<(String, u32)> {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_carrier(ifname: &str, timeout: Duration) -> bool {
+    let path = Path::new("/sys/class/net").join(ifname).join("carrier");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == "1") {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
