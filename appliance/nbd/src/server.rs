@@ -12,8 +12,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ferry_archive::lock::{LockKind, RepoLock};
 use ferry_archive::restore::fetch_chunk;
-use ferry_archive::{Digest, Index, Manifest, Repository, ZERO_DIGEST};
+use ferry_archive::{ArchiveError, Digest, Index, Manifest, Repository, ZERO_DIGEST};
+use ferry_storage::StoreError;
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OnceCell, Semaphore};
@@ -221,8 +223,8 @@ pub struct ServeOptions {
     pub tls: Option<ServerTls>,
     /// Limit of handshake waits and of every reply write.
     pub timeout: Duration,
-    /// Requests a client may have in flight.
-    pub max_in_flight: usize,
+    /// Bytes of reads a client may have in flight (memory bound per client).
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for ServeOptions {
@@ -230,7 +232,7 @@ impl Default for ServeOptions {
         ServeOptions {
             tls: None,
             timeout: Duration::from_secs(30),
-            max_in_flight: 16,
+            max_in_flight_bytes: 64 << 20,
         }
     }
 }
@@ -290,6 +292,22 @@ pub async fn serve_until(
 ) -> Result<(), NbdError> {
     let listener = listener.into();
     let opts = Arc::new(opts);
+    // A shared lock keeps GC from deleting chunks of the point while it is served.
+    let lock = match RepoLock::acquire(
+        export.repo.store().clone(),
+        LockKind::Shared,
+        &format!("NBD export {}", export.name),
+        Duration::from_secs(600),
+    )
+    .await
+    {
+        Ok(l) => Some(l),
+        Err(ArchiveError::Store(StoreError::PermissionDenied { .. })) => {
+            warn!("repository is read-only: serving without a lock");
+            None
+        }
+        Err(e) => return Err(NbdError::Archive(e.to_string())),
+    };
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     info!("serving {} ({} bytes) over NBD", export.name, export.size());
@@ -317,6 +335,11 @@ pub async fn serve_until(
         }
     }
     sessions.shutdown().await;
+    if let Some(l) = lock {
+        l.release()
+            .await
+            .map_err(|e| NbdError::Archive(e.to_string()))?;
+    }
     Ok(())
 }
 
@@ -682,7 +705,9 @@ async fn session(io: BoxIo, export: Arc<Export>, opts: Arc<ServeOptions>) -> Res
         t: opts.timeout,
         structured: n.structured,
     });
-    let slots = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
+    // One permit per MiB of read data in flight; a read takes at most 32 of them.
+    let budget = (opts.max_in_flight_bytes >> 20).max(MAX_REQUEST as usize >> 20);
+    let slots = Arc::new(Semaphore::new(budget));
     let mut tasks: JoinSet<Result<(), NbdError>> = JoinSet::new();
     let size = export.size();
     let res = loop {
@@ -771,7 +796,7 @@ async fn session(io: BoxIo, export: Arc<Export>, opts: Arc<ServeOptions>) -> Res
                 }
                 let permit = slots
                     .clone()
-                    .acquire_owned()
+                    .acquire_many_owned(req.len.div_ceil(1 << 20))
                     .await
                     .map_err(|_| NbdError::Closed { during: "serving" })?;
                 let (export, replier) = (export.clone(), replier.clone());

@@ -183,7 +183,7 @@ async fn real_clients_copy_and_map_the_restore_point() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_at_once_with_our_client() {
     let fx = fixture().await;
-    let (uri, _stop) = start(fx.export.clone(), ServeOptions::default()).await;
+    let (uri, stop) = start(fx.export.clone(), ServeOptions::default()).await;
     let clients = (0..6).map(|_| {
         let uri = uri.clone();
         async move {
@@ -201,6 +201,18 @@ async fn many_clients_at_once_with_our_client() {
         assert_eq!(map.iter().map(|e| e.len).sum::<u64>(), SIZE);
         assert!(map.iter().any(|e| e.flags == 3));
     }
+    // While serving, a shared lock keeps GC away; stopping the server releases it.
+    let locks = fx.path.join("repo/locks");
+    let count = || std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(count(), 1);
+    stop.send(()).unwrap();
+    for _ in 0..100 {
+        if count() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(), 0, "lock left behind");
 }
 
 struct Raw {
