@@ -68,6 +68,14 @@ pub async fn run(
     link_up(&handle, ifindex)
         .await
         .with_context(|| format!("set {ifname} up"))?;
+    // A DHCPDISCOVER sent before the carrier is up is lost and only retried
+    // seconds later, so give the link a moment.
+    if !wait_for_carrier(&ifname, CARRIER_WAIT).await {
+        tracing::warn!(
+            "network: no carrier on {ifname} after {}s; configuring anyway",
+            CARRIER_WAIT.as_secs()
+        );
+    }
 
     match cfg.net_mode() {
         NetMode::Static(s) => {
