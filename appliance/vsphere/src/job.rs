@@ -1,0 +1,486 @@
+//! VM-level jobs: `backup_vm` (snapshot, read every disk at the snapshot through datastore
+//! HTTPS and the VMDK reader, CBT incremental against the parent, one restore point,
+//! snapshot always removed) and the restores (to a datastore as monolithicFlat through
+//! `/folder` PUT, or to a local file through the engine).
+//!
+//! A restore point appears only when the whole job succeeded, snapshot removal included:
+//! if removal fails after the engine committed the point, the point is withdrawn, so the
+//! next run (which first removes stale Ferry snapshots) starts from the previous one.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_archive::restore::{fetch_chunk, Target};
+use ferry_archive::{
+    BackupOptions, ChangedExtents, DiskInput, Manifest, Progress, Repository, ZERO_DIGEST,
+};
+use ferry_vmdk::{Vmdk, VmdkSource};
+use futures::stream::{self, StreamExt};
+
+use crate::client::Client;
+use crate::datastore::{Datastore, DatastorePath};
+use crate::error::{Result, VsphereError};
+use crate::inventory::{VirtualDisk, VmInfo, VmSelector};
+use crate::snapshot::{TakenSnapshot, SNAPSHOT_PREFIX};
+
+/// What `backup_vm` does.
+#[derive(Debug, Clone)]
+pub struct VmBackupOptions {
+    /// The VM.
+    pub vm: VmSelector,
+    /// Backup group; the VM name when `None`.
+    pub group: Option<String>,
+    /// Ask for a quiesced snapshot (falls back to crash-consistent, reported).
+    pub quiesce: bool,
+    /// Turn CBT on when it is off (it takes effect from this job's snapshot on).
+    pub enable_cbt: bool,
+    /// Use CBT for an incremental when the parent has changeIds.
+    pub use_cbt: bool,
+    /// Timeout of each vSphere task (snapshot create/remove, reconfigure).
+    pub task_timeout: Duration,
+    /// Datastore range requests in flight.
+    pub in_flight: usize,
+    /// Engine chunk size; the repository's when `None`.
+    pub chunk_size: Option<u32>,
+    /// zstd level; the repository's when `None`.
+    pub compression_level: Option<i32>,
+}
+
+impl VmBackupOptions {
+    /// Defaults: crash-consistent, CBT used when on, 30 min task timeout, 8 requests.
+    pub fn new(vm: VmSelector) -> Self {
+        VmBackupOptions {
+            vm,
+            group: None,
+            quiesce: false,
+            enable_cbt: false,
+            use_cbt: true,
+            task_timeout: Duration::from_secs(1800),
+            in_flight: 8,
+            chunk_size: None,
+            compression_level: None,
+        }
+    }
+}
+
+/// How one disk was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskRead {
+    /// Every allocated byte was read.
+    Full {
+        /// Why not incremental, when CBT could have applied.
+        reason: Option<String>,
+    },
+    /// Only the areas CBT reported since the parent's changeId.
+    Incremental {
+        /// The parent's changeId.
+        since: String,
+        /// Bytes reported changed.
+        changed_bytes: u64,
+    },
+}
+
+/// Per-disk outcome.
+#[derive(Debug, Clone)]
+pub struct DiskReport {
+    /// Name in the manifest (`disk-<key>`).
+    pub name: String,
+    /// The disk.
+    pub disk: VirtualDisk,
+    /// How it was read.
+    pub read: DiskRead,
+}
+
+/// What `backup_vm` did.
+#[derive(Debug, Clone)]
+pub struct VmBackupReport {
+    /// The committed restore point.
+    pub manifest: Manifest,
+    /// The VM as found.
+    pub vm: VmInfo,
+    /// The snapshot that was read (and removed).
+    pub snapshot: TakenSnapshot,
+    /// Per-disk outcome.
+    pub disks: Vec<DiskReport>,
+    /// Stale Ferry snapshots removed before the job.
+    pub stale_snapshots_removed: Vec<String>,
+    /// Body bytes fetched from the datastore.
+    pub bytes_fetched: u64,
+    /// Things the job log should say (fallbacks, CBT enabled, ...).
+    pub notes: Vec<String>,
+}
+
+fn manifest_disk_name(d: &VirtualDisk) -> String {
+    format!("disk-{}", d.key)
+}
+
+/// Backs up every disk of a VM into one restore point.
+pub async fn backup_vm(
+    client: &Client,
+    repo: &Repository,
+    opts: &VmBackupOptions,
+    progress: Arc<Progress>,
+) -> Result<VmBackupReport> {
+    let vm = client.find_vm(&opts.vm).await?;
+    let stale = client
+        .remove_stale_snapshots(&vm, opts.task_timeout)
+        .await?;
+    let mut notes: Vec<String> = stale
+        .iter()
+        .map(|s| format!("removed stale snapshot {s:?} left by an earlier run"))
+        .collect();
+    let mut info = client.vm_info(&vm).await?;
+    if opts.enable_cbt && !info.cbt_enabled {
+        client.enable_cbt(&vm, opts.task_timeout).await?;
+        notes.push("changed block tracking enabled; incrementals start after this backup".into());
+        info = client.vm_info(&vm).await?;
+    }
+    let group = opts.group.clone().unwrap_or_else(|| info.name.clone());
+    let parent = match repo.resolve_point("latest", Some(&group)).await {
+        Ok(m) => Some(m),
+        Err(ferry_archive::ArchiveError::NotFound(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let snap_name = format!("{SNAPSHOT_PREFIX}{now}");
+    let snapshot = client
+        .create_snapshot(
+            &vm,
+            &snap_name,
+            &format!("Ferry backup of {group}; removed when the backup ends"),
+            opts.quiesce,
+            opts.task_timeout,
+        )
+        .await?;
+    if let Some(q) = &snapshot.quiesce_error {
+        notes.push(format!(
+            "quiescing failed ({q}); the snapshot is crash-consistent"
+        ));
+    }
+    tracing::info!(vm = %info.name, snapshot = %snapshot.name, quiesced = snapshot.quiesced, "snapshot taken");
+
+    let ds = Datastore::new(client, &info.datacenter, opts.in_flight);
+    let job = read_and_store(
+        client,
+        repo,
+        opts,
+        &info,
+        &snapshot,
+        parent.as_ref(),
+        &ds,
+        &group,
+        progress,
+    )
+    .await;
+    let removal = client
+        .remove_snapshot(&snapshot.snapshot, opts.task_timeout)
+        .await;
+    match (job, removal) {
+        (Ok((manifest, disks, mut more)), Ok(())) => {
+            notes.append(&mut more);
+            Ok(VmBackupReport {
+                manifest,
+                vm: info,
+                snapshot,
+                disks,
+                stale_snapshots_removed: stale,
+                bytes_fetched: ds.stats().bytes_fetched.load(Ordering::Relaxed),
+                notes,
+            })
+        }
+        (Ok((manifest, _, _)), Err(removal)) => {
+            withdraw(repo, &manifest).await;
+            Err(VsphereError::JobAndCleanup {
+                job: Box::new(VsphereError::Invalid(format!(
+                    "backup of {} read every disk, but restore point {} was withdrawn because its snapshot stayed behind",
+                    info.name, manifest.id
+                ))),
+                snapshot: snapshot.name,
+                removal: Box::new(removal),
+            })
+        }
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(removal)) => Err(VsphereError::JobAndCleanup {
+            job: Box::new(e),
+            snapshot: snapshot.name,
+            removal: Box::new(removal),
+        }),
+    }
+}
+
+/// Deletes a just-committed restore point (manifest first, so it disappears at once);
+/// its chunks are left to GC.
+async fn withdraw(repo: &Repository, m: &Manifest) {
+    let store = repo.store();
+    if let Err(e) = store
+        .delete(&ferry_archive::repo::manifest_key(&m.id))
+        .await
+    {
+        tracing::error!(point = %m.id, error = %e, "could not withdraw the restore point");
+        return;
+    }
+    for d in &m.disks {
+        if let Err(e) = store.delete(&d.index).await {
+            tracing::warn!(index = %d.index, error = %e, "could not delete a withdrawn index");
+        }
+    }
+    if let Err(e) = store.sync().await {
+        tracing::warn!(error = %e, "sync after withdrawing a restore point failed");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_and_store(
+    client: &Client,
+    repo: &Repository,
+    opts: &VmBackupOptions,
+    info: &VmInfo,
+    snapshot: &TakenSnapshot,
+    parent: Option<&Manifest>,
+    ds: &Datastore,
+    group: &str,
+    progress: Arc<Progress>,
+) -> Result<(Manifest, Vec<DiskReport>, Vec<String>)> {
+    let disks = client.snapshot_disks(&snapshot.snapshot).await?;
+    if disks.is_empty() {
+        return Err(VsphereError::Invalid(format!(
+            "VM {} has no virtual disks",
+            info.name
+        )));
+    }
+    let mut notes = Vec::new();
+    let mut inputs = Vec::new();
+    let mut reports = Vec::new();
+    for d in &disks {
+        let name = manifest_disk_name(d);
+        let path = DatastorePath::parse(&d.file_name)?;
+        let resolver = Arc::new(ds.resolver(&path));
+        let vmdk = Vmdk::open(resolver, &path.path).await?;
+        if vmdk.size() != d.capacity {
+            notes.push(format!(
+                "{name}: VMDK says {} bytes, vSphere says {}; the VMDK size is used",
+                vmdk.size(),
+                d.capacity
+            ));
+        }
+        let (changed, read) = plan_cbt(client, opts, info, snapshot, parent, d, &name).await;
+        if let DiskRead::Full { reason: Some(r) } = &read {
+            tracing::warn!(disk = %name, reason = %r, "full read");
+            notes.push(format!("{name}: full read: {r}"));
+        }
+        let mut meta = BTreeMap::new();
+        meta.insert("device_key".into(), d.key.to_string());
+        meta.insert("label".into(), d.label.clone());
+        meta.insert("file".into(), d.file_name.clone());
+        meta.insert("capacity".into(), d.capacity.to_string());
+        meta.insert("backing".into(), d.backing_type.clone());
+        meta.insert("controller_key".into(), d.controller_key.to_string());
+        meta.insert("unit_number".into(), d.unit_number.to_string());
+        meta.insert("transport".into(), "https".into());
+        inputs.push(DiskInput {
+            name: name.clone(),
+            source: Arc::new(VmdkSource::new(vmdk)),
+            changed,
+            change_id: d.change_id.clone(),
+            meta,
+        });
+        reports.push(DiskReport {
+            name,
+            disk: d.clone(),
+            read,
+        });
+    }
+    let mut bo = BackupOptions::new(group);
+    bo.parent = parent.map(|p| p.id.clone());
+    bo.chunk_size = opts.chunk_size;
+    bo.compression_level = opts.compression_level;
+    bo.concurrency = bo.concurrency.max(opts.in_flight * 2);
+    let m = &mut bo.meta;
+    m.insert("source".into(), "vsphere".into());
+    m.insert(
+        "vcenter".into(),
+        client.url().host_str().unwrap_or("").into(),
+    );
+    m.insert("vm.name".into(), info.name.clone());
+    m.insert("vm.moref".into(), info.moref.value.clone());
+    m.insert("vm.instance_uuid".into(), info.instance_uuid.clone());
+    m.insert("vm.bios_uuid".into(), info.bios_uuid.clone());
+    m.insert("vm.power_state".into(), info.power_state.clone());
+    m.insert("datacenter".into(), info.datacenter.clone());
+    m.insert("snapshot".into(), snapshot.name.clone());
+    m.insert("snapshot.quiesced".into(), snapshot.quiesced.to_string());
+    let manifest = ferry_archive::backup(repo, inputs, &bo, progress).await?;
+    Ok((manifest, reports, notes))
+}
+
+/// Decides how a disk is read: CBT areas since the parent's changeId, or a full read.
+async fn plan_cbt(
+    client: &Client,
+    opts: &VmBackupOptions,
+    info: &VmInfo,
+    snapshot: &TakenSnapshot,
+    parent: Option<&Manifest>,
+    d: &VirtualDisk,
+    name: &str,
+) -> (Option<ChangedExtents>, DiskRead) {
+    let full = |r: &str| {
+        (
+            None,
+            DiskRead::Full {
+                reason: Some(r.to_string()),
+            },
+        )
+    };
+    if !opts.use_cbt {
+        return (None, DiskRead::Full { reason: None });
+    }
+    let Some(parent) = parent else {
+        return (None, DiskRead::Full { reason: None });
+    };
+    if d.change_id.is_none() {
+        return full("the disk has no changeId (CBT off or not yet active)");
+    }
+    let Some(pd) = parent.disks.iter().find(|p| p.name == name) else {
+        return full("the parent restore point has no such disk");
+    };
+    let Some(since) = pd.change_id.clone() else {
+        return full("the parent restore point has no changeId for it");
+    };
+    if pd.size != d.capacity {
+        return full("the disk was resized since the parent");
+    }
+    match client
+        .query_changed_areas(&info.moref, &snapshot.snapshot, d.key, d.capacity, &since)
+        .await
+    {
+        Ok(c) => {
+            let changed_bytes = c.total();
+            (
+                Some(c),
+                DiskRead::Incremental {
+                    since,
+                    changed_bytes,
+                },
+            )
+        }
+        Err(e) => full(&format!(
+            "QueryChangedDiskAreas since {since:?} was rejected: {e}"
+        )),
+    }
+}
+
+/// Restores disk `disk` of `manifest` to a local sparse raw file through the engine.
+pub async fn restore_disk_to_file(
+    repo: &Repository,
+    manifest: &Manifest,
+    disk: usize,
+    path: &Path,
+    progress: Arc<Progress>,
+) -> Result<ferry_archive::restore::RestoreStats> {
+    Ok(ferry_archive::restore::restore(
+        repo,
+        manifest,
+        disk,
+        &Target::File(path.to_path_buf()),
+        8,
+        progress,
+    )
+    .await?)
+}
+
+/// The descriptor of a monolithicFlat disk whose extent is `flat_name`.
+pub fn monolithic_flat_descriptor(size: u64, flat_name: &str) -> String {
+    let sectors = size.div_ceil(512);
+    // Geometry as VMware writes it for SCSI disks: 255 heads, 63 sectors per track.
+    let cylinders = (sectors / (255 * 63)).clamp(1, 65535);
+    let cid: u32 = rand_cid();
+    format!(
+        "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID={cid:08x}\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n# Extent description\nRW {sectors} FLAT \"{flat_name}\" 0\n\n# The Disk Data Base\n#DDB\n\nddb.adapterType = \"lsilogic\"\nddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \"255\"\nddb.geometry.sectors = \"63\"\nddb.virtualHWVersion = \"13\"\n"
+    )
+}
+
+fn rand_cid() -> u32 {
+    let t = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    // Any value except the "no parent" marker will do; the low bits of the clock suffice.
+    let v = (t & 0xffff_fffe) as u32;
+    v.max(1)
+}
+
+/// Restores disk `disk` of `manifest` into a datastore as a monolithicFlat pair:
+/// `target` (the descriptor, `[ds] dir/name.vmdk`) and `name-flat.vmdk`, streamed through
+/// `/folder` PUT. Returns the bytes uploaded.
+pub async fn restore_disk_to_datastore(
+    client: &Client,
+    repo: &Repository,
+    manifest: &Manifest,
+    disk: usize,
+    datacenter: &str,
+    target: &DatastorePath,
+    progress: Arc<Progress>,
+) -> Result<u64> {
+    let file = target.path.rsplit('/').next().unwrap_or(&target.path);
+    let stem = file
+        .strip_suffix(".vmdk")
+        .ok_or_else(|| VsphereError::Invalid(format!("{target}: the target must end in .vmdk")))?;
+    let flat_name = format!("{stem}-flat.vmdk");
+    let flat = target.sibling(&flat_name);
+    let index = Arc::new(repo.load_index(manifest, disk).await?);
+    let size = index.disk_size;
+    progress.total.fetch_add(size, Ordering::Relaxed);
+    let ds = Datastore::new(client, datacenter, 4);
+
+    // Chunks are fetched and verified in parallel, and uploaded in order as one body.
+    let repo2 = repo.clone();
+    let idx = index.clone();
+    let prog = progress.clone();
+    let chunks = stream::iter(0..index.entries.len())
+        .map(move |i| {
+            let repo = repo2.clone();
+            let idx = idx.clone();
+            let prog = prog.clone();
+            async move {
+                let (_, len) = idx.chunk_range(i);
+                let digest = idx.entries[i];
+                let data = if digest == ZERO_DIGEST {
+                    vec![0u8; len]
+                } else {
+                    fetch_chunk(&repo, digest, len).await?
+                };
+                prog.done.fetch_add(len as u64, Ordering::Relaxed);
+                Ok::<_, ferry_archive::ArchiveError>(bytes::Bytes::from(data))
+            }
+        })
+        .buffered(8);
+    let body = reqwest::Body::wrap_stream(chunks);
+    ds.put(&flat, body, size).await?;
+    ds.put_bytes(
+        target,
+        monolithic_flat_descriptor(size, &flat_name).into_bytes(),
+    )
+    .await?;
+    tracing::info!(point = %manifest.id, disk, target = %target, "disk restored to the datastore");
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn descriptor_opens_with_the_vmdk_reader() {
+        let mut r = ferry_vmdk::MemResolver::new();
+        r.insert(
+            "d.vmdk",
+            monolithic_flat_descriptor(3 << 20, "d-flat.vmdk").into_bytes(),
+        );
+        r.insert("d-flat.vmdk", vec![7u8; 3 << 20]);
+        let v = Vmdk::open(Arc::new(r), "d.vmdk").await.unwrap();
+        assert_eq!(v.size(), 3 << 20);
+        let mut b = vec![0u8; 16];
+        v.read_at(1 << 20, &mut b).await.unwrap();
+        assert_eq!(b, vec![7u8; 16]);
+    }
+}
