@@ -23,35 +23,50 @@ async fn read_cmd(input: &Path, output: &Path) -> Res<()> {
     let out = Arc::new(std::fs::File::create(output)?);
     out.set_len(size)?;
     let map = src.allocation(0, size).await?.unwrap_or_default();
+    // Reads and inflates run concurrently; one thread writes, in runs of non-zero grains
+    // (parallel pwrites to one file contend on its inode lock).
     let mut jobs = tokio::task::JoinSet::new();
     let inflight = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+    let write = |off: u64, buf: &[u8]| -> std::io::Result<()> {
+        let g = 64 << 10;
+        let mut run: Option<usize> = None;
+        for (i, chunk) in buf.chunks(g).enumerate() {
+            let nz = chunk.iter().any(|&b| b != 0);
+            match (nz, run) {
+                (true, None) => run = Some(i * g),
+                (false, Some(s)) => {
+                    out.write_all_at(&buf[s..i * g], off + s as u64)?;
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = run {
+            out.write_all_at(&buf[s..], off + s as u64)?;
+        }
+        Ok(())
+    };
     for e in map.into_iter().filter(|e| e.kind == ExtentKind::Data) {
         let mut off = e.offset;
         while off < e.offset + e.len {
             let n = CHUNK.min(e.offset + e.len - off);
             while jobs.len() >= inflight {
                 if let Some(r) = jobs.join_next().await {
-                    r??;
+                    let (o, b): (u64, Vec<u8>) = r??;
+                    write(o, &b)?;
                 }
             }
-            let (src, out) = (src.clone(), out.clone());
+            let src = src.clone();
             jobs.spawn(async move {
                 let buf = src.read_at(off, vec![0u8; n as usize]).await?;
-                // Zero grains inside data runs stay holes, as qemu-img writes them.
-                let mut i = 0;
-                for g in buf.chunks(64 << 10) {
-                    if g.iter().any(|&b| b != 0) {
-                        out.write_all_at(g, off + i)?;
-                    }
-                    i += g.len() as u64;
-                }
-                Res::Ok(())
+                Res::Ok((off, buf))
             });
             off += n;
         }
     }
     while let Some(r) = jobs.join_next().await {
-        r??;
+        let (o, b): (u64, Vec<u8>) = r??;
+        write(o, &b)?;
     }
     Ok(())
 }
