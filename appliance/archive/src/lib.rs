@@ -34,6 +34,7 @@ pub mod backup;
 pub mod format;
 pub mod gc;
 pub mod lock;
+pub mod point;
 pub mod progress;
 pub mod prune;
 pub mod repo;
@@ -43,6 +44,7 @@ pub mod verify;
 
 pub use backup::{backup, BackupOptions, BackupStats, DiskInput};
 pub use format::{Digest, Index, ZERO_DIGEST};
+pub use point::PointSource;
 pub use progress::Progress;
 pub use repo::{DiskEntry, Manifest, RepoConfig, Repository};
 pub use source::{BlockSource, ChangedExtents, Extent, ExtentKind, FileSource, SourceError};

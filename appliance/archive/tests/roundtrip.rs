@@ -156,3 +156,41 @@ async fn grown_disk_reads_the_new_tail() {
         .await;
     assert_eq!(sha256_file(&src), sha256_file(&env.restore(&inc, 0).await));
 }
+
+#[tokio::test]
+async fn point_source_reads_and_maps_like_the_source() {
+    use ferry_archive::{BlockSource, ExtentKind, PointSource};
+    let env = Env::new(CS).await;
+    let src = env.path("disk.raw");
+    ferry_testkit::MixedDisk::new(40 << 20, 11)
+        .write(&src)
+        .unwrap();
+    write_random(&src, 41 << 20, 1000, 5); // a tail that is not chunk aligned
+    let m = env.backup(&[&src], None, None).await;
+    let p = PointSource::open(env.repo.clone(), &m, 0)
+        .await
+        .unwrap()
+        .with_cache_chunks(2);
+    let data = std::fs::read(&src).unwrap();
+    assert_eq!(p.size(), data.len() as u64);
+    let mut rng = ferry_testkit::Rng::new(3);
+    for _ in 0..200 {
+        let off = rng.below(data.len() as u64);
+        let len = rng.below((data.len() as u64 - off).min(3 << 20)) as usize;
+        let got = p.read_at(off, vec![0xAA; len]).await.unwrap();
+        assert!(
+            got == data[off as usize..off as usize + len],
+            "mismatch at {off}+{len}"
+        );
+    }
+    let map = p.allocation(0, p.size()).await.unwrap().unwrap();
+    assert_eq!(map.iter().map(|e| e.len).sum::<u64>(), p.size());
+    for e in &map {
+        if e.kind == ExtentKind::Zero {
+            assert!(data[e.offset as usize..(e.offset + e.len) as usize]
+                .iter()
+                .all(|b| *b == 0));
+        }
+    }
+    assert!(p.read_at(p.size(), vec![0; 1]).await.is_err());
+}

@@ -106,7 +106,7 @@ async fn backup_one(
     changed: Option<ChangedExtents>,
     rep: &Reporter,
 ) -> anyhow::Result<ferry_archive::Manifest> {
-    let mut input = crate::sources::open(&path.to_string_lossy()).await?;
+    let mut input = crate::sources::open(&path.to_string_lossy(), &Default::default()).await?;
     input.name = "sample-disk".into();
     input.changed = changed;
     let mut opts = BackupOptions::new("demo-vm");

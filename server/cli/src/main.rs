@@ -51,6 +51,9 @@ enum Cmd {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Serve one disk of a restore point read-only over NBD ("instant access"): attach it
+    /// with nbd-client, qemu-nbd -c, nbdfuse or qemu-img, until interrupted.
+    ServeNbd(ServeNbdArgs),
     /// Re-read and re-hash every chunk of some or all restore points.
     Verify {
         /// Restore points (ids, unique prefixes, or `latest`); all when none.
@@ -98,9 +101,20 @@ enum RepoCmd {
 
 #[derive(Args, Debug)]
 struct BackupArgs {
-    /// A disk to back up: a raw image or block device. Repeat for several disks.
+    /// A disk to back up: a raw image or block device, a .vmdk file (snapshot chains
+    /// included), or an NBD URI (nbd://host:port/export, nbds://..., nbd+unix:///export?socket=PATH).
+    /// Repeat for several disks.
     #[arg(long = "source", short = 's', required = true)]
     sources: Vec<String>,
+    /// NBD: use the `qemu:dirty-bitmap:NAME` context as the changed-extent map.
+    #[arg(long)]
+    nbd_bitmap: Option<String>,
+    /// NBD over TLS: directory with ca-cert.pem (and client-cert.pem, client-key.pem).
+    #[arg(long)]
+    nbd_tls_dir: Option<PathBuf>,
+    /// NBD over TLS: pin the server certificate by its SHA-256 (hex) instead of a CA.
+    #[arg(long)]
+    nbd_tls_pin: Option<String>,
     /// Backup group (VM or machine name); defaults to the first source's file name.
     #[arg(long)]
     name: Option<String>,
@@ -137,6 +151,48 @@ struct RestoreArgs {
     /// With `latest`: the group.
     #[arg(long)]
     group: Option<String>,
+    /// Output format; by default `vmdk` for a target ending in .vmdk, else `raw`.
+    #[arg(long, value_enum)]
+    format: Option<RestoreFormat>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum RestoreFormat {
+    /// Raw image (sparse file), block device, or stdout.
+    Raw,
+    /// streamOptimized VMDK (compressed; what vCenter imports).
+    Vmdk,
+    /// monolithicSparse VMDK.
+    VmdkSparse,
+    /// monolithicFlat VMDK: descriptor plus `-flat.vmdk`.
+    VmdkFlat,
+}
+
+#[derive(Args, Debug)]
+struct ServeNbdArgs {
+    /// Restore point: id, unique id prefix, or `latest`.
+    point: String,
+    /// Disk index or name; the first disk if not given.
+    #[arg(long)]
+    disk: Option<String>,
+    /// With `latest`: the group.
+    #[arg(long)]
+    group: Option<String>,
+    /// TCP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:10809", conflicts_with = "socket")]
+    listen: String,
+    /// Listen on a unix socket instead.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --tls-key, clients must use TLS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -280,22 +336,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Restore(a) => {
             let repo = open_repo(&cli).await?;
             let m = repo.resolve_point(&a.point, a.group.as_deref()).await?;
-            let disk = match &a.disk {
-                None => 0,
-                Some(d) => match d.parse::<usize>() {
-                    Ok(n) => n,
-                    Err(_) => m
-                        .disks
-                        .iter()
-                        .position(|x| &x.name == d)
-                        .with_context(|| format!("restore point {} has no disk {d:?}", m.id))?,
-                },
-            };
+            let disk = disk_index(&m, a.disk.as_deref())?;
             let size = m
                 .disks
                 .get(disk)
                 .with_context(|| format!("restore point {} has no disk {disk}", m.id))?
                 .size;
+            let format = a
+                .format
+                .unwrap_or(if a.target.to_ascii_lowercase().ends_with(".vmdk") {
+                    RestoreFormat::Vmdk
+                } else {
+                    RestoreFormat::Raw
+                });
+            if format != RestoreFormat::Raw {
+                let stats = restore_vmdk(&repo, &m, disk, &a.target, format, &rep).await?;
+                rep.result(&stats, || {
+                    format!(
+                        "restored {} disk {} ({}) to {} as {:?}: {} grains stored, {} written",
+                        m.id,
+                        disk,
+                        human_bytes(size),
+                        a.target,
+                        format,
+                        stats.grains_stored,
+                        human_bytes(stats.bytes_written)
+                    )
+                });
+                return Ok(ExitCode::SUCCESS);
+            }
             let target = Target::for_path(&a.target);
             let progress = Arc::new(Progress::default());
             let bar = rep.progress_bar(progress.clone(), "restore", size);
@@ -326,6 +395,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                 });
             }
+        }
+        Cmd::ServeNbd(a) => {
+            let repo = open_repo(&cli).await?;
+            serve_nbd(repo, a).await?;
         }
         Cmd::List { group } => {
             let repo = open_repo(&cli).await?;
@@ -394,6 +467,157 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Resolves `--disk` (an index or a name) against a manifest.
+fn disk_index(m: &ferry_archive::Manifest, disk: Option<&str>) -> anyhow::Result<usize> {
+    let n = match disk {
+        None => 0,
+        Some(d) => match d.parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => m
+                .disks
+                .iter()
+                .position(|x| x.name == d)
+                .with_context(|| format!("restore point {} has no disk {d:?}", m.id))?,
+        },
+    };
+    if n >= m.disks.len() {
+        bail!(
+            "restore point {} has no disk {n} ({} disks)",
+            m.id,
+            m.disks.len()
+        );
+    }
+    Ok(n)
+}
+
+async fn restore_vmdk(
+    repo: &Repository,
+    m: &ferry_archive::Manifest,
+    disk: usize,
+    target: &str,
+    format: RestoreFormat,
+    rep: &Reporter,
+) -> anyhow::Result<WriteStatsOut> {
+    let src = ferry_archive::PointSource::open(repo.clone(), m, disk).await?;
+    let lock = ferry_archive::lock::RepoLock::acquire(
+        repo.store().clone(),
+        ferry_archive::lock::LockKind::Shared,
+        "restore to VMDK",
+        Duration::from_secs(600),
+    )
+    .await?;
+    let path = PathBuf::from(target);
+    let mut opts = ferry_vmdk::WriteOptions::default();
+    if let Some(n) = path.file_name() {
+        opts.extent_name = n.to_string_lossy().into_owned();
+    }
+    let _ = rep;
+    let res = match format {
+        RestoreFormat::Vmdk => {
+            // Written to a partial name and renamed when complete, like raw restores.
+            let partial = PathBuf::from(format!("{target}.ferry-partial"));
+            let res = async {
+                let f = tokio::fs::File::create(&partial)
+                    .await
+                    .with_context(|| format!("creating {}", partial.display()))?;
+                let mut w = tokio::io::BufWriter::with_capacity(4 << 20, f);
+                let stats = ferry_vmdk::write_stream_optimized(&src, &mut w, &opts).await?;
+                let f = w.into_inner();
+                f.sync_all().await?;
+                tokio::fs::rename(&partial, &path).await?;
+                anyhow::Ok(stats)
+            }
+            .await;
+            if res.is_err() {
+                let _ = std::fs::remove_file(&partial);
+            }
+            res
+        }
+        RestoreFormat::VmdkSparse => {
+            Ok(ferry_vmdk::write_monolithic_sparse(&src, &path, &opts).await?)
+        }
+        RestoreFormat::VmdkFlat => Ok(ferry_vmdk::write_monolithic_flat(&src, &path, &opts).await?),
+        RestoreFormat::Raw => bail!("raw restores do not go through the VMDK writer"),
+    };
+    lock.release().await?;
+    let s = res?;
+    Ok(WriteStatsOut {
+        disk_size: s.disk_size,
+        grains_stored: s.grains_stored,
+        bytes_written: s.bytes_written,
+    })
+}
+
+/// JSON form of the VMDK writer's statistics.
+#[derive(Debug, serde::Serialize)]
+struct WriteStatsOut {
+    disk_size: u64,
+    grains_stored: u64,
+    bytes_written: u64,
+}
+
+async fn serve_nbd(repo: Repository, a: &ServeNbdArgs) -> anyhow::Result<()> {
+    let m = repo.resolve_point(&a.point, a.group.as_deref()).await?;
+    let disk = disk_index(&m, a.disk.as_deref())?;
+    let export = ferry_nbd::Export::open(repo.clone(), &m, disk).await?;
+    let mut opts = ferry_nbd::ServeOptions::default();
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let ca = match &a.tls_client_ca {
+            Some(p) => Some(read(p)?),
+            None => None,
+        };
+        opts.tls = Some(ferry_nbd::ServerTls::new(
+            &read(cert)?,
+            &read(key)?,
+            ca.as_deref(),
+        )?);
+    }
+    // A shared lock keeps GC from deleting chunks while clients read them.
+    let lock = ferry_archive::lock::RepoLock::acquire(
+        repo.store().clone(),
+        ferry_archive::lock::LockKind::Shared,
+        "NBD export",
+        Duration::from_secs(600),
+    )
+    .await?;
+    let listener: ferry_nbd::Listener = match &a.socket {
+        Some(p) => {
+            let _ = std::fs::remove_file(p);
+            tokio::net::UnixListener::bind(p)
+                .with_context(|| format!("listening on {}", p.display()))?
+                .into()
+        }
+        None => tokio::net::TcpListener::bind(&a.listen)
+            .await
+            .with_context(|| format!("listening on {}", a.listen))?
+            .into(),
+    };
+    let where_ = match &a.socket {
+        Some(p) => format!("nbd+unix:///{}?socket={}", m.disks[disk].name, p.display()),
+        None => format!("nbd://{}/{}", a.listen, m.disks[disk].name),
+    };
+    eprintln!(
+        "serving {} disk {} ({}) read-only at {where_}; Ctrl-C stops",
+        m.id, disk, m.disks[disk].name
+    );
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    };
+    let res = ferry_nbd::serve_until(listener, Arc::new(export), opts, shutdown).await;
+    lock.release().await?;
+    if let Some(p) = &a.socket {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(res?)
+}
+
 fn default_concurrency() -> usize {
     BackupOptions::new("x").concurrency
 }
@@ -410,9 +634,14 @@ async fn do_backup(
             a.sources.len()
         );
     }
+    let src_opts = sources::SourceOptions {
+        nbd_bitmap: a.nbd_bitmap.clone(),
+        nbd_tls_dir: a.nbd_tls_dir.clone(),
+        nbd_tls_pin: a.nbd_tls_pin.clone(),
+    };
     let mut disks = Vec::new();
     for (n, spec) in a.sources.iter().enumerate() {
-        let mut input = sources::open(spec).await?;
+        let mut input = sources::open(spec, &src_opts).await?;
         if let Some(p) = a.changed.get(n) {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading changed extents {}", p.display()))?;
