@@ -506,14 +506,23 @@ impl SftpStore {
         }
         .await;
         if let Err(e) = res {
+            // Check for a full filesystem before the temporary frees its blocks again.
+            let e = self.maybe_full(c, dir, key, data.len(), e).await;
             let _ = c.sftp.remove_file(&tmp).await;
-            return Err(self.maybe_full(c, dir, key, e).await);
+            return Err(e);
         }
         Ok(tmp)
     }
 
     /// Turns a failed write into NoSpace when the filesystem has no block left.
-    async fn maybe_full(&self, c: &Conn, dir: &str, key: &str, e: StoreError) -> StoreError {
+    async fn maybe_full(
+        &self,
+        c: &Conn,
+        dir: &str,
+        key: &str,
+        len: usize,
+        e: StoreError,
+    ) -> StoreError {
         if matches!(
             e,
             StoreError::NotFound(_) | StoreError::PermissionDenied { .. }
@@ -522,7 +531,8 @@ impl SftpStore {
         }
         let probe_dir = if dir.is_empty() { "." } else { dir };
         if let Ok(Some(st)) = c.sftp.fs_info(probe_dir).await {
-            if st.blocks_avail == 0 {
+            let free = st.blocks_avail.saturating_mul(st.fragment_size.max(1));
+            if free < len as u64 {
                 return StoreError::NoSpace {
                     key: key.to_string(),
                     source: std::io::Error::other(format!("{e} (no space left on the server)")),

@@ -76,6 +76,39 @@ impl Proc {
         wait_port(self.port);
     }
 
+    /// Kills the server and every process it forked (by pid, found through /proc).
+    pub fn kill_tree(&mut self) {
+        let Some(root) = self.child.as_ref().map(Child::id) else {
+            return;
+        };
+        let mut tree = vec![root];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                    continue;
+                };
+                // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(parent) && !tree.contains(&pid) {
+                    tree.push(pid);
+                }
+            }
+            i += 1;
+        }
+        for pid in tree.iter().skip(1) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        self.kill();
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
