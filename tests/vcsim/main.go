@@ -85,7 +85,11 @@ func main() {
 		fatal(err)
 	}
 
-	cert := sim.TLS.Certificates[0]
+	cert, err := selfSigned()
+	if err != nil {
+		fatal(err)
+	}
+	_ = sim
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err != nil {
 		fatal(err)
@@ -567,8 +571,9 @@ func dsLocalPath(dsPath string) string {
 
 func control() http.Handler {
 	m := http.NewServeMux()
-	// POST /cbt?vm=vm-42&key=2000 with body lines "START LENGTH": a new CBT generation
-	// with those areas; the disk's changeId moves to it. An empty body just starts one.
+	// POST /cbt?vm=vm-42&key=2000[&reset=1] with body lines "START LENGTH": a new CBT
+	// generation with those areas; the disk's changeId moves to it. An empty body just
+	// starts one; reset=1 first forgets every earlier changeId of the disk.
 	m.HandleFunc("/cbt", func(w http.ResponseWriter, r *http.Request) {
 		vmRef := r.URL.Query().Get("vm")
 		key, _ := strconv.Atoi(r.URL.Query().Get("key"))
@@ -582,6 +587,16 @@ func control() http.Handler {
 			s, _ := strconv.ParseInt(f[0], 10, 64)
 			l, _ := strconv.ParseInt(f[1], 10, 64)
 			areas = append(areas, area{s, l})
+		}
+		if r.URL.Query().Get("reset") != "" {
+			// A CBT reset (as after a host crash): earlier changeIds become unknown.
+			st.mu.Lock()
+			if cd := st.disks[fmt.Sprintf("%s/%d", vmRef, key)]; cd != nil {
+				cd.prefix += "-reset"
+				cd.gen = 0
+				cd.changes = map[int][]area{}
+			}
+			st.mu.Unlock()
 		}
 		id, err := bumpCBT(vmRef, int32(key), areas)
 		if err != nil {

@@ -129,8 +129,9 @@ impl Datastore {
         }
     }
 
-    /// A [`Resolver`] for a disk whose descriptor is `descriptor` (siblings resolve in its
-    /// directory, `[ds] path` names anywhere).
+    /// A [`Resolver`] for a disk whose descriptor is `descriptor`: plain names are paths in
+    /// its datastore, `[ds] path` names anywhere, ESXi `/vmfs/volumes/...` names in its
+    /// directory.
     pub fn resolver(&self, descriptor: &DatastorePath) -> DatastoreResolver {
         DatastoreResolver {
             ds: self.clone(),
@@ -149,7 +150,7 @@ impl Datastore {
         for attempt in 0..self.attempts {
             if attempt > 0 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100 << (2 * attempt.min(4)))).await;
+                tokio::time::sleep(Duration::from_millis(100 << (2 * (attempt - 1).min(4)))).await;
             }
             let (cookie, gen) = self.client.cookie();
             let mut req = build();
@@ -285,7 +286,7 @@ impl DatastoreFile {
         for attempt in 0..self.ds.attempts {
             if attempt > 0 {
                 self.ds.stats.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100 << (2 * attempt.min(4)))).await;
+                tokio::time::sleep(Duration::from_millis(100 << (2 * (attempt - 1).min(4)))).await;
             }
             let mut resp = self
                 .ds
@@ -397,7 +398,12 @@ impl DatastoreResolver {
             let file = rest.rsplit('/').next().unwrap_or(rest);
             return Ok(self.base.sibling(file));
         }
-        Ok(self.base.sibling(name.trim_start_matches('/')))
+        // The VMDK reader already joins a descriptor's relative names to its directory,
+        // so a plain name is a path from the datastore root.
+        Ok(DatastorePath {
+            datastore: self.base.datastore.clone(),
+            path: name.trim_start_matches('/').to_string(),
+        })
     }
 }
 
