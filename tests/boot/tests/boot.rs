@@ -61,6 +61,13 @@ fn dhcp_boot_status_restart_powerdown() {
         "DHCP lease visible in /v1/status: {:.1} s",
         vm.started.elapsed().as_secs_f64()
     );
+    for line in vm
+        .console()
+        .lines()
+        .filter(|l| l.contains("INFO ferry_init"))
+    {
+        println!("  console: {}", line.trim_end());
+    }
     assert_eq!(st["network"]["address"], "10.0.2.15/24");
     assert_eq!(st["network"]["mode"], "dhcp");
     assert_eq!(st["network"]["gateway"], "10.0.2.2");
