@@ -245,3 +245,36 @@ fn forward_output<R: std::io::Read + Send + 'static>(r: Option<R>) {
         tracing::warn!("cannot forward agent output: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registered child's status reaches its waiter, while its orphaned
+    /// grandchild (re-parented to us as a subreaper, as it would be to PID 1)
+    /// is reaped without a waiter and leaves no zombie.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivers_registered_status_and_reaps_orphans() {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0);
+        let reaper = Reaper::start().unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "sleep 0.3 & exit 3"]);
+        let (child, rx) = reaper.spawn(&mut cmd).unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        drop(child);
+        let status = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, WaitStatus::Exited(Pid::from_raw(pid), 3));
+        // The orphaned sleep exits after 0.3 s; the reaper must collect it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)),
+            Err(Errno::ECHILD),
+            "no child (and no zombie) may be left"
+        );
+    }
+}
