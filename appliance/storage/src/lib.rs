@@ -15,6 +15,7 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod ftp;
 pub mod limit;
 mod local;
 pub mod options;
@@ -288,12 +289,16 @@ fn open_remote(
             s3::S3Store::open(&url, &opts)?,
             &opts,
         ))),
+        "ftp" | "ftps" => Ok(std::sync::Arc::new(Limited::new(
+            ftp::FtpStore::open(&url, &opts)?,
+            &opts,
+        ))),
         "sftp" => Ok(std::sync::Arc::new(Limited::new(
             sftp::SftpStore::open(&url, &opts)?,
             &opts,
         ))),
         other => Err(StoreError::BadLocation(format!(
-            "unsupported storage scheme {other}:// (supported: file, sftp, s3)"
+            "unsupported storage scheme {other}:// (supported: file, sftp, ftp, ftps, s3)"
         ))),
     }
 }

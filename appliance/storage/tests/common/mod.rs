@@ -434,3 +434,133 @@ pub fn random_disk(p: &Path, size: usize, seed: u64) {
     data.truncate(size);
     std::fs::write(p, data).unwrap();
 }
+
+// ---------------------------------------------------------------- FTP (pyftpdlib)
+
+pub const FTP_USER: &str = "ferry";
+pub const FTP_PASSWORD: &str = "ftp-test-pw";
+
+pub struct Ftpd {
+    pub proc: Proc,
+}
+
+/// A test CA and a server certificate it signed for `names` (DNS names or IPs), made with
+/// the openssl CLI. Returns (CA cert, server cert, server key).
+pub fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let ca = dir.join(format!("{stem}-ca.crt"));
+    let ca_key = dir.join(format!("{stem}-ca.key"));
+    let cert = dir.join(format!("{stem}.crt"));
+    let key = dir.join(format!("{stem}.key"));
+    let csr = dir.join(format!("{stem}.csr"));
+    let ext = dir.join(format!("{stem}.ext"));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=Ferry test CA"])
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca));
+    let san: Vec<String> = names
+        .iter()
+        .map(|n| {
+            if n.parse::<std::net::IpAddr>().is_ok() {
+                format!("IP:{n}")
+            } else {
+                format!("DNS:{n}")
+            }
+        })
+        .collect();
+    std::fs::write(
+        &ext,
+        format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=digitalSignature\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName={}\n",
+            san.join(",")
+        ),
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", &format!("/CN={}", names[0])])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-CAcreateserial")
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert));
+    (ca, cert, key)
+}
+
+impl Ftpd {
+    /// pyftpdlib under Debian's python, serving `root`, optionally with explicit TLS.
+    pub fn start(root: &Path, tls: Option<(&Path, &Path)>, drop_every: u32) -> Ftpd {
+        let py = "/usr/bin/python3";
+        let ok = Command::new(py)
+            .args(["-c", "import pyftpdlib, OpenSSL"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "pyftpdlib missing: apt-get install -y python3-pyftpdlib python3-openssl"
+        );
+        std::fs::create_dir_all(root).unwrap();
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ftpd.py");
+        let mut cmd = vec![
+            py.to_string(),
+            script.to_string(),
+            port.to_string(),
+            root.to_string_lossy().into_owned(),
+            FTP_USER.into(),
+            FTP_PASSWORD.into(),
+        ];
+        if let Some((c, k)) = tls {
+            cmd.extend([
+                "--tls".into(),
+                c.to_string_lossy().into_owned(),
+                k.to_string_lossy().into_owned(),
+            ]);
+        }
+        if drop_every > 0 {
+            cmd.extend(["--drop-data".into(), drop_every.to_string()]);
+        }
+        Ftpd {
+            proc: Proc::spawn(cmd, port),
+        }
+    }
+
+    pub fn url(&self, scheme: &str, host: &str, path: &str) -> String {
+        format!("{scheme}://{FTP_USER}@{host}:{}{path}", self.proc.port)
+    }
+
+    pub fn options(&self) -> StoreOptions {
+        let mut o = fast_retry_options();
+        o.secrets.password = Some(FTP_PASSWORD.into());
+        o
+    }
+}
