@@ -6,9 +6,51 @@
 //! of this trait, so a repository behaves the same on every backend.
 //!
 //! It deliberately knows nothing about chunks, indexes or manifests: those are the archive's.
+//! It does not mount anything either: SMB and NFS shares reach it as local paths (below).
 //!
-//! Backends today: [`LocalStore`] (`file:///path` or a plain path). Remote backends (SFTP,
-//! FTP(S), SMB, NFS, S3, storage node) plug in behind the same trait.
+//! # Backends
+//!
+//! | location | backend | module |
+//! |---|---|---|
+//! | `/path`, `file:///path` | local folder or mounted share: temp + fsync + rename, hard link for `put_new` | [`LocalStore`] |
+//! | `sftp://user@host:port/path` | SFTP, russh (ring) + russh-sftp; key or password; pinned host key | [`sftp`] |
+//! | `ftp://user@host:port/path`, `ftps://…` | FTP and explicit FTPS, suppaftp on tokio + rustls (ring) | [`ftp`] |
+//! | `s3://bucket/prefix?endpoint=URL&region=R&path_style=true&ca=FILE` | S3-compatible, object_store + reqwest + rustls (ring) | [`s3`] |
+//!
+//! Every remote backend sits behind [`Limited`] ([`limit`]): bounded retries with backoff
+//! for transient faults (reconnecting in between), a parallel-operation limit, a bandwidth
+//! limit, and a capability probe (write, read back, `put_new`, delete) before first use.
+//! Remote stores connect lazily, so [`open_store`] stays synchronous; [`Store::check`]
+//! connects and probes eagerly.
+//!
+//! Query parameters every remote URL accepts: `parallel=N` (operations in flight, default
+//! 16), `bwlimit=RATE` (bytes/s, `k`/`M`/`G` suffixes), `retries=N` (default 6),
+//! `timeout=SECS` (per attempt, default 120), `probe=0` (skip the probe). Secrets never come
+//! from the URL: see [`options`] for the environment variables and the secrets file
+//! (`FERRY_STORE_SECRETS`). [`Store::location`] and every error print the URL without them.
+//!
+//! # SMB and NFS: decision
+//!
+//! - **In the appliance**, shares are mounted by the kernel (`cifs` with `vers=3.1.1,seal`,
+//!   `nfs` with `vers=4.1`) through `nix::mount` by the agent, and the repository is a
+//!   [`LocalStore`] on the mount point. The kernel clients are the mature implementations
+//!   (SMB3 encryption, NFSv4.1 sessions, reconnects), `LocalStore`'s temp + fsync + rename
+//!   and hard-link create-if-absent rely on rename and link(2), which both kernel clients
+//!   map to the protocol (SMB2 FileRenameInformation / FileLinkInformation, NFS RENAME /
+//!   LINK). Not yet proven here: the host kernel has no cifs/nfs, so that test belongs in
+//!   the QEMU appliance suite (smbd and nfs-ganesha on the host through slirp `guestfwd`).
+//!   The mount belongs to the agent/init, not to this crate, which has no root-only code.
+//! - **On a workstation (the `ferry` CLI)** a userspace client is wanted. Checked in
+//!   November 2026: `smb` (smb-rs) 0.10.2 now resolves together with russh 0.65 + ring in
+//!   one graph without aws-lc or OpenSSL (it adds `rsa` 0.9 and 0.10-rc and `picky-krb`);
+//!   the newest `smb` 0.10.4 does not resolve with russh's pre-release `ssh-key`/`rsa` pins.
+//!   `nfs3_client` 0.9 resolves as well (NFSv3 only, no v4).
+//!   Plan (not implemented yet): an `smb://host/share/path` backend on `smb` 0.10.2 pinned
+//!   with `=0.10.2` (temp + `SMB2 SET_INFO FileRenameInformation` with `ReplaceIfExists`
+//!   for `put`, without it for `put_new`), and `nfs://host/export/path` on `nfs3_client`
+//!   (temp + `RENAME` for `put`, `LINK` for `put_new`), both behind [`Limited`], tested
+//!   against `smbd` on port 1445 and nfs-ganesha (VFS FSAL, which also serves v3) on the
+//!   host. Until then the CLI reaches SMB/NFS through an OS mount and a local path.
 
 use std::fmt::Debug;
 
