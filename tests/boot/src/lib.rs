@@ -245,6 +245,15 @@ impl Vm {
 
     /// Runs one QMP command and returns its reply.
     pub fn qmp(&self, command: &str) -> anyhow::Result<serde_json::Value> {
+        self.qmp_args(command, serde_json::json!({}))
+    }
+
+    /// Runs one QMP command with arguments and returns its reply.
+    pub fn qmp_args(
+        &self,
+        command: &str,
+        arguments: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
         let s = UnixStream::connect(&self.qmp)
             .with_context(|| format!("connect {}", self.qmp.display()))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -253,7 +262,16 @@ impl Vm {
         let mut line = String::new();
         r.read_line(&mut line)?; // greeting
         for cmd in ["qmp_capabilities", command] {
-            writeln!(w, "{}", serde_json::json!({ "execute": cmd }))?;
+            let args = if cmd == command {
+                arguments.clone()
+            } else {
+                serde_json::json!({})
+            };
+            writeln!(
+                w,
+                "{}",
+                serde_json::json!({ "execute": cmd, "arguments": args })
+            )?;
             loop {
                 line.clear();
                 if r.read_line(&mut line)? == 0 {
