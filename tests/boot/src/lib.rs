@@ -440,6 +440,30 @@ pub fn https_request(port: u16, method: &str, path: &str) -> anyhow::Result<Resp
     })
 }
 
+/// Tries a TLS 1.2-only handshake; returns Ok(()) if the server refuses it.
+pub fn tls12_is_refused(port: u16) -> anyhow::Result<()> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Recording {
+        provider: provider.clone(),
+        seen: Mutex::new(None),
+    });
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from("ferry-agent")?)?;
+    let mut sock = TcpStream::connect(("127.0.0.1", port))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut sock).is_err() {
+            return Ok(());
+        }
+    }
+    bail!("the agent completed a TLS 1.2 handshake")
+}
+
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((len, rest)) = s.split_once("\r\n") {

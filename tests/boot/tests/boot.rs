@@ -52,15 +52,15 @@ fn dhcp_boot_status_restart_powerdown() {
     let ready = vm.wait_console(READY, BOOT_TIMEOUT).unwrap();
     println!("boot to \"{READY}\": {ready:.1} s (TCG, e1000, DHCP)");
 
+    let leased = vm
+        .wait_console("dhcp: leased 10.0.2.15/24", Duration::from_secs(60))
+        .unwrap();
+    println!("DHCP lease from slirp: {leased:.1} s");
     let st = vm
         .wait_status("the DHCP lease", Duration::from_secs(60), |s| {
             s["network"]["state"] == "bound" && has_address(s, "10.0.2.15")
         })
         .unwrap();
-    println!(
-        "DHCP lease visible in /v1/status: {:.1} s",
-        vm.started.elapsed().as_secs_f64()
-    );
     for line in vm
         .console()
         .lines()
@@ -90,6 +90,7 @@ fn dhcp_boot_status_restart_powerdown() {
 
     let r = vm.https("GET", "/v1/status").unwrap();
     assert!(r.tls13, "the agent must speak TLS 1.3");
+    ferry_boot_tests::tls12_is_refused(vm.port).unwrap();
     assert_eq!(r.cert_sha256, st["tls"]["sha256"].as_str().unwrap());
 
     let logs = vm.https("GET", "/v1/logs").unwrap();
