@@ -1,6 +1,6 @@
 //! Reads a whole NBD export with holes skipped (via `base:allocation`) and prints the rate.
 //!
-//! `nbd-read URI [--connections N] [--request-size BYTES] [--in-flight N]`
+//! `nbd-read URI [--connections N] [--request-size BYTES] [--in-flight N] [--threads N]`
 //! Used by `tests/bench/nbd.sh` to compare with `nbdcopy URI null:`.
 
 use std::sync::{Arc, Mutex};
@@ -22,19 +22,36 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
+    // `--threads 1` runs everything on one thread (no cross-thread wake-ups).
+    let threads: usize = arg(&args, "--threads", 0)?;
+    let rt = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    rt.block_on(run(args))
+}
+
+async fn run(args: Vec<String>) -> Result<(), Error> {
     let uri = args
         .get(1)
         .filter(|a| !a.starts_with("--"))
         .ok_or("usage: nbd-read URI [--connections N] [--request-size BYTES] [--in-flight N]")?;
     let opts = ClientOptions {
         connections: arg(&args, "--connections", 4usize)?,
-        max_request: arg(&args, "--request-size", 2u32 << 20)?,
+        max_request: arg(&args, "--request-size", 512u32 << 10)?,
         ..ClientOptions::default()
     };
-    let in_flight: usize = arg(&args, "--in-flight", 16)?;
+    let in_flight: usize = arg(&args, "--in-flight", 64)?;
     let start = Instant::now();
     let client = NbdClient::connect_uri(uri, &opts).await?;
     let size = client.size();

@@ -38,7 +38,10 @@ pub struct ClientOptions {
     pub connections: usize,
     /// Limit of every network wait (connect, handshake, each reply).
     pub timeout: Duration,
-    /// Largest single read request; larger reads are split (the server's maximum also applies).
+    /// Largest single read request; larger reads are split into requests that run in
+    /// parallel (the server's maximum also applies). Measured against qemu-nbd 10 on
+    /// loopback, 512 KiB requests are fastest, and 4 MiB ones are about four times slower
+    /// (for nbdcopy too).
     pub max_request: u32,
 }
 
@@ -49,7 +52,7 @@ impl Default for ClientOptions {
             contexts: vec![proto::BASE_ALLOCATION.to_string()],
             connections: 4,
             timeout: Duration::from_secs(30),
-            max_request: 4 << 20,
+            max_request: 512 << 10,
         }
     }
 }

@@ -409,3 +409,40 @@ fn which(tool: &str) -> bool {
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_default_export_and_list() {
+    let fx = fixture().await;
+    let sock = fx.path.join("serve.sock");
+    let l = tokio::net::UnixListener::bind(&sock).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ferry_nbd::serve_until(
+        l,
+        fx.export.clone(),
+        ServeOptions::default(),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let parsed = ferry_nbd::NbdUri::parse(&uri).unwrap();
+    let list = ferry_nbd::list_exports(&parsed, &ClientOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].name, "disk0");
+    let info = ferry_nbd::export_info(&parsed, &ClientOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(info.size, SIZE);
+    assert!(info.read_only() && info.can_multi_conn());
+    let c = NbdClient::connect(&parsed, &ClientOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(c.connections(), 4);
+    let b = c.read_at(SIZE - MIB, vec![0; MIB as usize]).await.unwrap();
+    assert!(b[..] == fx.content[(SIZE - MIB) as usize..]);
+    c.disconnect().await;
+    tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
