@@ -29,6 +29,24 @@
 //! production: it is a dev-dependency only, an independent oracle that reads back what our
 //! writer produces. `qemu-img` is the other oracle.
 //!
+//! # Use
+//! ```no_run
+//! # async fn demo(out: &mut tokio::fs::File) -> Result<(), ferry_vmdk::VmdkError> {
+//! use ferry_vmdk::{write_stream_optimized, VmdkSource, WriteOptions};
+//! // A local VMDK (any subformat, with its snapshot chain) as the engine's BlockSource.
+//! let src = VmdkSource::open_path(std::path::Path::new("vm/disk-000002.vmdk")).await?;
+//! // Any BlockSource to a streamOptimized VMDK, in one forward pass.
+//! write_stream_optimized(&src, out, &WriteOptions::default()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Proof
+//! Integration tests compare every subformat qemu-img creates with `qemu-img convert` and
+//! `qemu-img map`, COWD and SESparse images built byte by byte with qemu-img's reading of
+//! them, and the writers' output with `qemu-img check`/`compare` and `vmdk-core`. The fuzz
+//! target is in `fuzz/` (`cargo +nightly fuzz run parse`, seeds from `fuzz/seed.sh`); the
+//! benchmark against qemu-img is `tests/bench/vmdk.sh`.
+//!
 //! # Hostile input
 //! Every offset and size read from a file is checked against the file's length before it is
 //! used, so a corrupt or hostile file gives a [`VmdkError`], never a panic, a hang or an
