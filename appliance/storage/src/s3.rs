@@ -306,8 +306,8 @@ fn map_err(op: &'static str, key: &str, e: object_store::Error) -> StoreError {
             source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, source.to_string()),
         },
         object_store::Error::Unauthenticated { source, .. } => StoreError::Auth {
-            location: key.to_string(),
-            detail: source.to_string(),
+            location: "the S3 endpoint".to_string(),
+            detail: format!("{op} {key}: {source}"),
         },
         other => {
             let mut detail = other.to_string();
@@ -324,8 +324,8 @@ fn map_err(op: &'static str, key: &str, e: object_store::Error) -> StoreError {
             let tls = detail.contains("certificate") || detail.contains("InvalidCertificate");
             match status {
                 _ if tls => StoreError::Auth {
-                    location: key.to_string(),
-                    detail,
+                    location: "the S3 endpoint".to_string(),
+                    detail: format!("TLS certificate refused during {op} {key}: {detail}"),
                 },
                 Some(s) if s >= 500 || s == 408 || s == 429 => StoreError::Transient {
                     op,

@@ -181,3 +181,44 @@ async fn full_disk_fails_cleanly() {
     verify_ok(&repo).await;
     drop(srv);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_ca_bundle_and_a_mismatched_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = S3Server::start(&dir.path().join("s3"));
+    let (ca, cert, key) = self_signed(dir.path(), "s3", &["localhost"]);
+    let port = tls_front(&cert, &key, srv.proc.port).await;
+    let url = |host: &str| {
+        format!("s3://bkt/tls?endpoint=https://{host}:{port}&region=us-east-1&path_style=true")
+    };
+    let mut o = srv.options();
+    o.secrets.ca_file = Some(ca.clone());
+    let store = open_store_with(&url("localhost"), o.clone()).unwrap();
+    store.check().await.unwrap();
+    full_cycle(store, dir.path(), 8 << 20).await;
+    // The same server reached as 127.0.0.1: its certificate names only localhost. Refused
+    // as a trust failure, not retried.
+    let mut o2 = o.clone();
+    o2.retries = 3;
+    let t = std::time::Instant::now();
+    let e = open_store_with(&url("127.0.0.1"), o2)
+        .unwrap()
+        .check()
+        .await
+        .unwrap_err();
+    eprintln!("mismatch: {e}");
+    assert!(matches!(e, StoreError::Auth { .. }), "{e:?}");
+    assert!(e.to_string().contains("not valid for name"), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "retried a certificate failure"
+    );
+    // Without the CA bundle (system roots only) the test CA is unknown: refused too.
+    let mut o3 = srv.options();
+    o3.retries = 0;
+    assert!(open_store_with(&url("localhost"), o3)
+        .unwrap()
+        .check()
+        .await
+        .is_err());
+}
