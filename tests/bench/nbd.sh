@@ -31,7 +31,7 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 "$TARGET/release/ferry-gen-disk" --out "$WORK/disk.raw" --size "$SIZE" >/dev/null
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-qemu-nbd -r -t -e 16 -x disk -f raw -b 127.0.0.1 -p "$PORT" "$WORK/disk.raw" &
+qemu-nbd -r -t -e 16 -x disk -f raw -b 127.0.0.1 -p "$PORT" "$WORK/disk.raw" 2>"$WORK/qemu-nbd.log" &
 QPID=$!
 for _ in $(seq 200); do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break

@@ -71,7 +71,7 @@ async fn run(args: Vec<String>) -> Result<(), Error> {
         while off < e.offset + e.len {
             let n = req.min(e.offset + e.len - off);
             reqs.push((off, n as usize));
-            off += n as u64;
+            off += n;
         }
     }
     let data: u64 = reqs.iter().map(|r| r.1 as u64).sum();
