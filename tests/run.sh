@@ -2,8 +2,8 @@
 # Runs Ferry's whole test suite on Debian 12, installing the tools and test peers it needs.
 #
 #   tests/run.sh            unit, integration and peer tests (qemu-img, qemu-nbd, nbdkit, nbdinfo)
-#   tests/run.sh --slow     also the slower suites: appliance boot in QEMU (TCG, tests/boot.sh)
-#                           and a short run of every fuzz target (tests/fuzz.sh)
+#   tests/run.sh --slow     also the slower suites in tests/slow/: appliance boot in QEMU
+#                           (TCG, tests/boot.sh) and a short run of every fuzz target (tests/fuzz.sh)
 #
 # Every peer is a real third-party program started by the tests on loopback or unix sockets.
 set -euo pipefail
@@ -25,6 +25,8 @@ scripts/ensure-tools.sh "${PEERS[@]}"
 cargo test --workspace --locked
 
 if [ "$SLOW" = 1 ]; then
-  tests/boot.sh
-  tests/fuzz.sh 15
+  for s in tests/slow/*.sh; do
+    echo "== $s"
+    bash "$s"
+  done
 fi
