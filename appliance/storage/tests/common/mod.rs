@@ -40,6 +40,22 @@ fn which(bin: &str, extra: &[&str]) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(bin)).find(|p| p.is_file())
 }
 
+/// Installs Debian packages through the repository's `scripts/ensure-tools.sh` (a no-op for
+/// packages already installed). Panics with the command to run when that fails.
+pub fn ensure_debian(pkgs: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ensure-tools.sh");
+    let ok = Command::new(script)
+        .args(pkgs)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "test peers missing: apt-get install -y {}",
+        pkgs.join(" ")
+    );
+}
+
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?}: {out:?}");
@@ -136,11 +152,26 @@ pub struct S3Server {
 impl S3Server {
     /// s3s-fs (checks SigV4) on a free loopback port, serving `root`; bucket `bkt` exists.
     pub fn start(root: &Path) -> S3Server {
-        let bin = which("s3s-fs", &["/root/.cargo/bin"]).unwrap_or_else(|| {
-            panic!(
+        let home_bin = std::env::var("HOME").unwrap_or_default() + "/.cargo/bin";
+        let bin = which("s3s-fs", &[&home_bin]).unwrap_or_else(|| {
+            eprintln!("installing s3s-fs (about 7 minutes on 2 cores, once)");
+            let ok = Command::new("cargo")
+                .args([
+                    "install",
+                    "s3s-fs@0.14.1",
+                    "--features",
+                    "binary",
+                    "--locked",
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(
+                ok,
                 "s3s-fs not found: install it with \
                  `cargo install s3s-fs@0.14.1 --features binary --locked`"
-            )
+            );
+            which("s3s-fs", &[&home_bin]).unwrap()
         });
         std::fs::create_dir_all(root.join("bkt")).unwrap();
         let port = free_port();
@@ -200,6 +231,9 @@ pub struct Sshd {
 }
 
 fn sshd_bin() -> PathBuf {
+    if which("sshd", &["/usr/sbin"]).is_none() {
+        ensure_debian(&["openssh-server"]);
+    }
     which("sshd", &["/usr/sbin"]).unwrap_or_else(|| {
         panic!("sshd not found: install it with `apt-get install -y openssh-server`")
     })
@@ -519,6 +553,16 @@ impl Ftpd {
     /// pyftpdlib under Debian's python, serving `root`, optionally with explicit TLS.
     pub fn start(root: &Path, tls: Option<(&Path, &Path)>, drop_every: u32) -> Ftpd {
         let py = "/usr/bin/python3";
+        let have = |py: &str| {
+            Command::new(py)
+                .args(["-c", "import pyftpdlib, OpenSSL"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if !have(py) {
+            ensure_debian(&["python3-pyftpdlib", "python3-openssl", "openssl"]);
+        }
         let ok = Command::new(py)
             .args(["-c", "import pyftpdlib, OpenSSL"])
             .status()
