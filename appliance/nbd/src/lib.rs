@@ -23,6 +23,31 @@
 //! what a dirty bitmap marks, and talking to `nbdkit --tls=require` all need those, so this
 //! crate implements the protocol itself on tokio.
 //!
+//! # Use
+//! Reading a disk for a backup (with a dirty bitmap for an incremental):
+//! ```no_run
+//! # async fn f() -> Result<(), ferry_nbd::NbdError> {
+//! use ferry_nbd::{ClientOptions, ClientTls, NbdSource, ServerTrust};
+//! let pin = ClientTls::parse_pin("ab:cd:...")?;
+//! let opts = ClientOptions::default().with_tls(ClientTls::new(ServerTrust::Pin(pin), None)?);
+//! let source = NbdSource::connect("nbds://esx-proxy:10809/disk0", Some("bitmap0"), opts).await?;
+//! // `source` is a `ferry_archive::BlockSource`: hand it to `ferry_archive::backup`.
+//! # Ok(()) }
+//! ```
+//! Serving disk 0 of a restore point until Ctrl-C:
+//! ```no_run
+//! # async fn f(repo: ferry_archive::Repository) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! let manifest = repo.resolve_point("latest", None).await?;
+//! let export = Arc::new(ferry_nbd::Export::open(repo, &manifest, 0).await?);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:10809").await?;
+//! let stop = async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! };
+//! ferry_nbd::serve_until(listener, export, ferry_nbd::ServeOptions::default(), stop).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Robustness
 //! Every network wait has a timeout. A reply that breaks the protocol (bad magic, unknown
 //! handle, oversized or out-of-range chunk, block status past the request) fails the
