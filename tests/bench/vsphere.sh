@@ -54,11 +54,15 @@ curl -sk -b "$W/cookies" -o /dev/null "$BASE/folder/DC0_H0_VM0/disk1-flat.vmdk?d
 T1=$(date +%s.%N)
 CURL_S=$(echo "$T1 - $T0" | bc)
 
-read -r FERRY_S FETCHED LOGICAL STORED < <("$BENCH" "$URL" "$THUMB" DC0_H0_VM0 "$W/repo")
+read -r FERRY_S FETCHED LOGICAL STORED < <("$BENCH" "$URL" "$THUMB" DC0_H0_VM0 "$W/repo-plain" plain)
+read -r CBT_S CBT_FETCHED _ CBT_STORED < <("$BENCH" "$URL" "$THUMB" DC0_H0_VM0 "$W/repo-cbt" cbt)
 
 mbs() { echo "scale=1; $BYTES / 1048576 / $1" | bc; }
 printf '\n%-34s %10s %10s\n' "run ($SIZE disk, loopback HTTPS)" "seconds" "MiB/s"
 printf '%-34s %10.2f %10s\n' "curl GET of the flat file" "$CURL_S" "$(mbs "$CURL_S")"
-printf '%-34s %10.2f %10s\n' "ferry backup_vm (full)" "$FERRY_S" "$(mbs "$FERRY_S")"
-printf '\nferry/curl throughput: %s%%   fetched %s bytes of %s; stored %s bytes\n' \
+printf '%-34s %10.2f %10s\n' "ferry backup_vm, every byte" "$FERRY_S" "$(mbs "$FERRY_S")"
+printf '%-34s %10.2f %10s\n' "ferry backup_vm, CBT alloc map" "$CBT_S" "$(mbs "$CBT_S")"
+printf '\nferry/curl (every byte):   %s%%   fetched %s of %s bytes, stored %s\n' \
   "$(echo "scale=1; 100 * $CURL_S / $FERRY_S" | bc)" "$FETCHED" "$LOGICAL" "$STORED"
+printf 'ferry/curl (CBT alloc map): %s%%   fetched %s bytes, stored %s\n' \
+  "$(echo "scale=1; 100 * $CURL_S / $CBT_S" | bc)" "$CBT_FETCHED" "$CBT_STORED"

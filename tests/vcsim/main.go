@@ -439,7 +439,9 @@ func queryChangedDiskAreas(w http.ResponseWriter, body []byte) {
 		return
 	}
 	backing := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
-	if !(snap.Config.ChangeTrackingEnabled != nil && *snap.Config.ChangeTrackingEnabled) || backing.ChangeId == "" {
+	cbtOn := snap.Config.ChangeTrackingEnabled != nil && *snap.Config.ChangeTrackingEnabled
+	// "*" needs tracking on; a changeId to compare with needs the disk to have one.
+	if !cbtOn || (backing.ChangeId == "" && q.ChangeId != "*") {
 		writeFault(w, "FileFault", "<file>"+xmlEscape(backing.FileName)+"</file>", "Change tracking is not enabled for this disk")
 		return
 	}

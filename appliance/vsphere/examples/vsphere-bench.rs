@@ -1,8 +1,10 @@
 //! Full VM backup through the vSphere client, timed: the benchmark half of
 //! `tests/bench/vsphere.sh`.
 //!
-//! `vsphere-bench URL THUMBPRINT VM REPO_DIR`, credentials in `FERRY_VSPHERE_USER` and
-//! `FERRY_VSPHERE_PASSWORD`. Prints `seconds bytes_fetched logical_bytes stored_bytes`.
+//! `vsphere-bench URL THUMBPRINT VM REPO_DIR plain|cbt`, credentials in
+//! `FERRY_VSPHERE_USER` and `FERRY_VSPHERE_PASSWORD`. `plain` reads every byte; `cbt`
+//! enables CBT and uses its allocation map (`QueryChangedDiskAreas` with `*`).
+//! Prints `seconds bytes_fetched logical_bytes stored_bytes`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,8 +16,8 @@ use ferry_vsphere::{
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, thumbprint, vm, repo_dir] = args.as_slice() else {
-        return Err("usage: vsphere-bench URL THUMBPRINT VM REPO_DIR".into());
+    let [_, url, thumbprint, vm, repo_dir, mode] = args.as_slice() else {
+        return Err("usage: vsphere-bench URL THUMBPRINT VM REPO_DIR plain|cbt".into());
     };
     let creds = Credentials::from_env("FERRY_VSPHERE_USER", "FERRY_VSPHERE_PASSWORD")?;
     let client = Client::connect(&ConnectOptions::new(
@@ -31,6 +33,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut opts = VmBackupOptions::new(VmSelector::Name(vm.clone()));
     opts.in_flight = 8;
+    opts.use_cbt = mode == "cbt";
+    opts.enable_cbt = mode == "cbt";
     let t = Instant::now();
     let r = backup_vm(
         &client,

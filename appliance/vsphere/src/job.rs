@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use ferry_archive::restore::{fetch_chunk, Target};
 use ferry_archive::{
-    BackupOptions, ChangedExtents, DiskInput, Manifest, Progress, Repository, ZERO_DIGEST,
+    BackupOptions, BlockSource, ChangedExtents, DiskInput, Extent, ExtentKind, Manifest, Progress,
+    Repository, SourceError, ZERO_DIGEST,
 };
 use ferry_vmdk::{Vmdk, VmdkSource};
 use futures::stream::{self, StreamExt};
@@ -267,6 +268,26 @@ async fn read_and_store(
             ));
         }
         let (changed, read) = plan_cbt(client, opts, info, snapshot, parent, d, &name).await;
+        let mut source: Arc<dyn BlockSource> = Arc::new(VmdkSource::new(vmdk));
+        // A full read of a CBT disk asks vSphere for its allocated areas ("*"), so thin
+        // and sparse regions are never fetched.
+        if changed.is_none() && opts.use_cbt && info.cbt_enabled {
+            match client
+                .query_changed_areas(&info.moref, &snapshot.snapshot, d.key, d.capacity, "*")
+                .await
+            {
+                Ok(alloc) => {
+                    tracing::info!(disk = %name, allocated = alloc.total(), "allocation map from CBT");
+                    source = Arc::new(AllocatedSource {
+                        inner: source,
+                        alloc,
+                    });
+                }
+                Err(e) => notes.push(format!(
+                    "{name}: no allocation map from CBT ({e}); every byte is read"
+                )),
+            }
+        }
         if let DiskRead::Full { reason: Some(r) } = &read {
             tracing::warn!(disk = %name, reason = %r, "full read");
             notes.push(format!("{name}: full read: {r}"));
@@ -282,7 +303,7 @@ async fn read_and_store(
         meta.insert("transport".into(), "https".into());
         inputs.push(DiskInput {
             name: name.clone(),
-            source: Arc::new(VmdkSource::new(vmdk)),
+            source,
             changed,
             change_id: d.change_id.clone(),
             meta,
@@ -314,6 +335,90 @@ async fn read_and_store(
     m.insert("snapshot.quiesced".into(), snapshot.quiesced.to_string());
     let manifest = ferry_archive::backup(repo, inputs, &bo, progress).await?;
     Ok((manifest, reports, notes))
+}
+
+/// A source whose allocation is narrowed to the areas vSphere reports allocated.
+struct AllocatedSource {
+    inner: Arc<dyn BlockSource>,
+    alloc: ChangedExtents,
+}
+
+#[async_trait::async_trait]
+impl BlockSource for AllocatedSource {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (CBT allocation map)", self.inner.describe())
+    }
+
+    async fn allocation(&self, offset: u64, len: u64) -> Result<Option<Vec<Extent>>, SourceError> {
+        let end = offset.saturating_add(len);
+        let inner = self
+            .inner
+            .allocation(offset, len)
+            .await?
+            .unwrap_or_else(|| {
+                vec![Extent {
+                    offset,
+                    len,
+                    kind: ExtentKind::Data,
+                }]
+            });
+        Ok(Some(narrow(&inner, self.alloc.ranges(), offset, end)))
+    }
+
+    async fn changed(&self) -> Result<Option<ChangedExtents>, SourceError> {
+        self.inner.changed().await
+    }
+
+    async fn read_at(&self, offset: u64, buf: Vec<u8>) -> Result<Vec<u8>, SourceError> {
+        self.inner.read_at(offset, buf).await
+    }
+}
+
+/// Data only where `inner` says data and `alloc` covers it; zero elsewhere. The result
+/// covers `[start, end)` in order, with runs of one kind merged.
+fn narrow(inner: &[Extent], alloc: &[std::ops::Range<u64>], start: u64, end: u64) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::new();
+    let mut push = |o: u64, e: u64, kind: ExtentKind| {
+        if e <= o {
+            return;
+        }
+        match out.last_mut() {
+            Some(l) if l.kind == kind && l.offset + l.len == o => l.len += e - o,
+            _ => out.push(Extent {
+                offset: o,
+                len: e - o,
+                kind,
+            }),
+        }
+    };
+    let mut pos = start;
+    for x in inner {
+        let (xs, xe) = (x.offset.max(start), (x.offset + x.len).min(end));
+        if xe <= xs {
+            continue;
+        }
+        push(pos, xs, ExtentKind::Zero);
+        if x.kind == ExtentKind::Zero {
+            push(xs, xe, ExtentKind::Zero);
+        } else {
+            let mut p = xs;
+            let first = alloc.partition_point(|r| r.end <= xs);
+            for r in alloc[first..].iter().take_while(|r| r.start < xe) {
+                let (rs, re) = (r.start.max(xs), r.end.min(xe));
+                push(p, rs, ExtentKind::Zero);
+                push(rs, re, ExtentKind::Data);
+                p = re;
+            }
+            push(p, xe, ExtentKind::Zero);
+        }
+        pos = xe;
+    }
+    push(pos, end, ExtentKind::Zero);
+    out
 }
 
 /// Decides how a disk is read: CBT areas since the parent's changeId, or a full read.
@@ -468,6 +573,37 @@ pub async fn restore_disk_to_datastore(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn narrow_covers_and_only_keeps_allocated_data(
+            cuts in proptest::collection::vec(0u64..1000, 0..8),
+            alloc in proptest::collection::vec((0u64..1000, 1u64..200), 0..6),
+        ) {
+            let mut cuts = cuts;
+            cuts.extend([0, 1000]);
+            cuts.sort_unstable();
+            cuts.dedup();
+            let inner: Vec<Extent> = cuts.windows(2).enumerate().map(|(i, w)| Extent {
+                offset: w[0],
+                len: w[1] - w[0],
+                kind: if i % 2 == 0 { ExtentKind::Data } else { ExtentKind::Zero },
+            }).collect();
+            let alloc = ChangedExtents::new(alloc.into_iter().map(|(s, l)| s..s + l).collect());
+            let out = narrow(&inner, alloc.ranges(), 0, 1000);
+            let mut pos = 0;
+            for e in &out {
+                proptest::prop_assert_eq!(e.offset, pos);
+                pos += e.len;
+                for b in [e.offset, e.offset + e.len - 1] {
+                    let data_in = inner.iter().any(|x| x.kind == ExtentKind::Data && x.offset <= b && b < x.offset + x.len);
+                    let want = data_in && alloc.intersects(b, b + 1);
+                    proptest::prop_assert_eq!(e.kind == ExtentKind::Data, want);
+                }
+            }
+            proptest::prop_assert_eq!(pos, 1000);
+        }
+    }
 
     #[tokio::test]
     async fn descriptor_opens_with_the_vmdk_reader() {
