@@ -57,11 +57,14 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+#[cfg(feature = "ftp")]
 pub mod ftp;
 pub mod limit;
 mod local;
 pub mod options;
+#[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(feature = "sftp")]
 pub mod sftp;
 
 pub use limit::{Backend, Limited};
@@ -327,20 +330,26 @@ fn open_remote(
         opts.apply_param(&k, &v)?;
     }
     match scheme {
+        #[cfg(feature = "s3")]
         "s3" => Ok(std::sync::Arc::new(Limited::new(
             s3::S3Store::open(&url, &opts)?,
             &opts,
         ))),
+        #[cfg(feature = "ftp")]
         "ftp" | "ftps" => Ok(std::sync::Arc::new(Limited::new(
             ftp::FtpStore::open(&url, &opts)?,
             &opts,
         ))),
+        #[cfg(feature = "sftp")]
         "sftp" => Ok(std::sync::Arc::new(Limited::new(
             sftp::SftpStore::open(&url, &opts)?,
             &opts,
         ))),
         other => Err(StoreError::BadLocation(format!(
-            "unsupported storage scheme {other}:// (supported: file, sftp, ftp, ftps, s3)"
+            "unsupported storage scheme {other}:// (this build supports: file{}{}{})",
+            if cfg!(feature = "sftp") { ", sftp" } else { "" },
+            if cfg!(feature = "ftp") { ", ftp, ftps" } else { "" },
+            if cfg!(feature = "s3") { ", s3" } else { "" },
         ))),
     }
 }
