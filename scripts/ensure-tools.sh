@@ -5,15 +5,20 @@
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-missing=()
-for p in build-essential pkg-config curl ca-certificates "$@"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+want=(build-essential pkg-config curl ca-certificates "$@")
+updated=0
+# Two passes: installing one package can remove another (Debian's qemu-system-x86 replaces a
+# newer qemu-utils from elsewhere), which the second pass puts back.
+for pass in 1 2; do
+  missing=()
+  for p in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -gt 0 ] || break
   echo "installing: ${missing[*]}" >&2
-  $SUDO apt-get update -qq
+  [ "$updated" = 1 ] || { $SUDO apt-get update -qq; updated=1; }
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+done
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then
     echo "cargo is in ~/.cargo/bin: add it to PATH (source ~/.cargo/env)" >&2

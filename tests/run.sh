@@ -15,12 +15,19 @@ for a in "$@"; do
     *) echo "usage: tests/run.sh [--slow]" >&2; exit 2 ;;
   esac
 done
-PEERS=(qemu-utils nbdkit libnbd-bin time)
+# Test peers: VMDK and NBD (qemu-utils, nbdkit, libnbd-bin), SFTP (openssh-server), FTP(S)
+# (pyftpdlib under /usr/bin/python3), the vSphere simulator (Go and govmomi, built offline).
+PEERS=(qemu-utils nbdkit libnbd-bin time openssh-server python3-pyftpdlib python3-openssl openssl
+       golang-go golang-github-vmware-govmomi-dev)
 if [ "$SLOW" = 1 ]; then
-  PEERS+=(qemu-system-x86 ovmf)
+  PEERS+=(qemu-system-x86 ovmf dpkg)
 fi
 scripts/ensure-tools.sh "${PEERS[@]}"
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+# S3 peer: s3s-fs checks SigV4 signatures. A cargo build of about 7 minutes, once.
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  cargo install --locked s3s-fs@0.14.1 --features binary
+fi
 
 cargo test --workspace --locked
 

@@ -574,14 +574,6 @@ async fn serve_nbd(repo: Repository, a: &ServeNbdArgs) -> anyhow::Result<()> {
             ca.as_deref(),
         )?);
     }
-    // A shared lock keeps GC from deleting chunks while clients read them.
-    let lock = ferry_archive::lock::RepoLock::acquire(
-        repo.store().clone(),
-        ferry_archive::lock::LockKind::Shared,
-        "NBD export",
-        Duration::from_secs(600),
-    )
-    .await?;
     let listener: ferry_nbd::Listener = match &a.socket {
         Some(p) => {
             let _ = std::fs::remove_file(p);
@@ -610,8 +602,8 @@ async fn serve_nbd(repo: Repository, a: &ServeNbdArgs) -> anyhow::Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
+    // serve_until holds a shared repository lock, so GC waits while clients read.
     let res = ferry_nbd::serve_until(listener, Arc::new(export), opts, shutdown).await;
-    lock.release().await?;
     if let Some(p) = &a.socket {
         let _ = std::fs::remove_file(p);
     }
