@@ -23,7 +23,8 @@ use crate::output::{human_bytes, Reporter};
 #[derive(Parser, Debug)]
 #[command(name = "ferry", version, about, long_about = None)]
 struct Cli {
-    /// Repository location (a path or file:///path).
+    /// Repository location: a path, file:///path, sftp://, ftp://, ftps:// or s3:// URL
+    /// (secrets come from the environment, see the README).
     #[arg(long, short = 'r', global = true, env = "FERRY_REPO")]
     repo: Option<String>,
     /// Machine-readable JSON on stdout.
