@@ -23,7 +23,7 @@ BYTES=$(stat -c %s "$W/disk.raw")
 
 # The simulator lives as long as this script holds its stdin.
 mkfifo "$W/sim.in"
-tests/vcsim/run.sh -disks "$SIZE" <"$W/sim.in" >"$W/sim.out" &
+tests/vcsim/run.sh -disks "$SIZE" -cbt-window 1073741824 <"$W/sim.in" >"$W/sim.out" &
 SIM=$!
 exec 3>"$W/sim.in"
 trap 'exec 3>&-; wait $SIM 2>/dev/null || true' EXIT

@@ -456,7 +456,7 @@ func queryChangedDiskAreas(w http.ResponseWriter, body []byte) {
 	}
 	var areas []area
 	if q.ChangeId == "*" {
-		areas = allocated(backing.FileName, capacity)
+		areas = allocated(backing.FileName, q.StartOffset, end)
 	} else {
 		key := fmt.Sprintf("%s/%d", q.This, q.DeviceKey)
 		st.mu.Lock()
@@ -533,29 +533,28 @@ func clip(in []area, start, end int64) []area {
 	return out
 }
 
-// allocated: the 1 MiB blocks of the flat extent that hold non-zero bytes.
-func allocated(fileName string, capacity int64) []area {
+var zeroBlock = make([]byte, 1<<20)
+
+// allocated: the 1 MiB blocks of the flat extent in [start, end) that hold non-zero bytes.
+func allocated(fileName string, start, end int64) []area {
 	flat := dsLocalPath(strings.Replace(fileName, ".vmdk", "-flat.vmdk", 1))
 	f, err := os.Open(flat)
 	if err != nil {
-		return []area{{0, capacity}}
+		return []area{{start, end - start}}
 	}
 	defer f.Close()
 	var out []area
 	buf := make([]byte, 1<<20)
-	for off := int64(0); off < capacity; off += int64(len(buf)) {
+	for off := start - start%int64(len(buf)); off < end; off += int64(len(buf)) {
 		n, _ := f.ReadAt(buf, off)
 		if n <= 0 {
 			break
 		}
-		for _, b := range buf[:n] {
-			if b != 0 {
-				out = append(out, area{off, int64(len(buf))})
-				break
-			}
+		if !bytes.Equal(buf[:n], zeroBlock[:n]) {
+			out = append(out, area{off, int64(len(buf))})
 		}
 	}
-	return clip(merge(out), 0, capacity)
+	return clip(merge(out), start, end)
 }
 
 func dsLocalPath(dsPath string) string {
