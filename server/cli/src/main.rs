@@ -5,6 +5,7 @@
 mod demo;
 mod output;
 mod sources;
+mod vm_backup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,12 +102,14 @@ enum RepoCmd {
 }
 
 #[derive(Args, Debug)]
-struct BackupArgs {
+pub(crate) struct BackupArgs {
     /// A disk to back up: a raw image or block device, a .vmdk file (snapshot chains
     /// included), or an NBD URI (nbd://host:port/export, nbds://..., nbd+unix:///export?socket=PATH).
     /// Repeat for several disks.
-    #[arg(long = "source", short = 's', required = true)]
+    #[arg(long = "source", short = 's', required_unless_present = "vcenter")]
     sources: Vec<String>,
+    #[command(flatten)]
+    vsphere: VsphereArgs,
     /// NBD: use the `qemu:dirty-bitmap:NAME` context as the changed-extent map.
     #[arg(long)]
     nbd_bitmap: Option<String>,
@@ -137,6 +140,43 @@ struct BackupArgs {
     /// Chunks in flight.
     #[arg(long)]
     concurrency: Option<usize>,
+}
+
+/// Backing up VMs through vCenter or ESXi.
+#[derive(Args, Debug)]
+struct VsphereArgs {
+    /// vCenter or ESXi (https://host or host): back up VMs instead of --source disks.
+    #[arg(long, conflicts_with = "sources")]
+    vcenter: Option<String>,
+    /// A VM: by name, or `moref:vm-42`, `uuid:<instance uuid>`, `path:/dc/vm/folder/name`.
+    /// Repeat for several.
+    #[arg(long = "vm", requires = "vcenter")]
+    vms: Vec<String>,
+    /// Every VM of the inventory.
+    #[arg(long, requires = "vcenter", conflicts_with = "vms")]
+    all: bool,
+    /// Pin the server certificate by its SHA-256 thumbprint.
+    #[arg(long, requires = "vcenter")]
+    thumbprint: Option<String>,
+    /// Verify the server certificate against this CA bundle (PEM).
+    #[arg(long, requires = "vcenter")]
+    ca: Option<PathBuf>,
+    /// Trust the certificate seen first and keep its thumbprint in FILE; refuse a change.
+    #[arg(long, requires = "vcenter")]
+    trust_on_first_use: Option<PathBuf>,
+    /// File with the user on line 1 and the password on line 2 (default: the environment
+    /// variables FERRY_VCENTER_USER and FERRY_VCENTER_PASSWORD).
+    #[arg(long, requires = "vcenter")]
+    credentials: Option<PathBuf>,
+    /// Ask for a quiesced snapshot (falls back to crash-consistent, reported).
+    #[arg(long, requires = "vcenter")]
+    quiesce: bool,
+    /// Turn on Changed Block Tracking where it is off.
+    #[arg(long, requires = "vcenter")]
+    enable_cbt: bool,
+    /// Read every disk in full even when CBT could give an incremental.
+    #[arg(long, requires = "vcenter")]
+    no_cbt: bool,
 }
 
 #[derive(Args, Debug)]
@@ -230,7 +270,7 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
     ferry_testkit::parse_size(t).with_context(|| format!("invalid size {s:?}"))
 }
 
-fn chunk_size(s: &str) -> anyhow::Result<u32> {
+pub(crate) fn chunk_size(s: &str) -> anyhow::Result<u32> {
     let v = parse_size(s)?;
     u32::try_from(v).with_context(|| format!("chunk size {s} is too large"))
 }
@@ -328,6 +368,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .join("\n")
                 }
             });
+        }
+        Cmd::Backup(a) if a.vsphere.vcenter.is_some() => {
+            let repo = open_repo(&cli).await?;
+            return vm_backup::run(&repo, a, &rep).await;
         }
         Cmd::Backup(a) => {
             let repo = open_repo(&cli).await?;
