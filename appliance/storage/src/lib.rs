@@ -348,7 +348,11 @@ fn open_remote(
         other => Err(StoreError::BadLocation(format!(
             "unsupported storage scheme {other}:// (this build supports: file{}{}{})",
             if cfg!(feature = "sftp") { ", sftp" } else { "" },
-            if cfg!(feature = "ftp") { ", ftp, ftps" } else { "" },
+            if cfg!(feature = "ftp") {
+                ", ftp, ftps"
+            } else {
+                ""
+            },
             if cfg!(feature = "s3") { ", s3" } else { "" },
         ))),
     }
