@@ -395,7 +395,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     RestoreFormat::Raw
                 });
             if format != RestoreFormat::Raw {
-                let stats = restore_vmdk(&repo, &m, disk, &a.target, format, &rep).await?;
+                let stats = restore_vmdk(&repo, &m, disk, &a.target, format).await?;
                 rep.result(&stats, || {
                     format!(
                         "restored {} disk {} ({}) to {} as {:?}: {} grains stored, {} written",
@@ -541,7 +541,6 @@ async fn restore_vmdk(
     disk: usize,
     target: &str,
     format: RestoreFormat,
-    rep: &Reporter,
 ) -> anyhow::Result<WriteStatsOut> {
     let src = ferry_archive::PointSource::open(repo.clone(), m, disk).await?;
     let lock = ferry_archive::lock::RepoLock::acquire(
@@ -556,7 +555,6 @@ async fn restore_vmdk(
     if let Some(n) = path.file_name() {
         opts.extent_name = n.to_string_lossy().into_owned();
     }
-    let _ = rep;
     let res = match format {
         RestoreFormat::Vmdk => {
             // Written to a partial name and renamed when complete, like raw restores.

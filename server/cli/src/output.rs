@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_archive::gc::GcReport;
 use ferry_archive::prune::Decision;
 use ferry_archive::verify::VerifyReport;
 use ferry_archive::{Manifest, Progress, Repository};
@@ -310,9 +309,6 @@ pub struct RepoStats {
     pub chunk_bytes: u64,
     /// Live locks.
     pub locks: usize,
-    /// The last GC, if run in this process.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gc: Option<GcReport>,
 }
 
 impl std::fmt::Display for RepoStats {
@@ -354,6 +350,5 @@ pub async fn repo_stats(repo: &Repository) -> anyhow::Result<RepoStats> {
         chunks: chunks.len() as u64,
         chunk_bytes: chunks.iter().map(|o| o.size).sum(),
         locks: locks.len(),
-        gc: None,
     })
 }
