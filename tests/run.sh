@@ -15,13 +15,14 @@ for a in "$@"; do
     *) echo "usage: tests/run.sh [--slow]" >&2; exit 2 ;;
   esac
 done
-# Test peers: VMDK and NBD (qemu-utils, nbdkit, libnbd-bin), SFTP (openssh-server), FTP(S)
-# (pyftpdlib under /usr/bin/python3), the vSphere simulator (Go and govmomi, built offline).
-PEERS=(qemu-utils nbdkit libnbd-bin time openssh-server python3-pyftpdlib python3-openssl openssl
-       golang-go golang-github-vmware-govmomi-dev)
-if [ "$SLOW" = 1 ]; then
-  PEERS+=(qemu-system-x86 ovmf dpkg)
-fi
+# Test peers: one Debian package list per area in tests/peers.d/*.list ('#' starts a comment);
+# *-slow.list files are installed only with --slow.
+PEERS=()
+for f in tests/peers.d/*.list; do
+  case "$f" in *-slow.list) [ "$SLOW" = 1 ] || continue ;; esac
+  read -r -a pkgs <<<"$(sed 's/#.*//' "$f" | tr '\n' ' ')"
+  PEERS+=("${pkgs[@]}")
+done
 scripts/ensure-tools.sh "${PEERS[@]}"
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 # S3 peer: s3s-fs checks SigV4 signatures. A cargo build of about 7 minutes, once.
