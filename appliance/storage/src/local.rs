@@ -25,8 +25,13 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    /// A store rooted at `root`. The directory is created on the first `put`.
+    /// A store rooted at `root`. The directory is created on the first `put`. A relative
+    /// root is made absolute against the current directory, so that creating its missing
+    /// ancestors has a place to stop.
     pub fn new(root: PathBuf) -> Self {
+        // absolute() fails only for an empty path or when the current directory is gone;
+        // then the path stays as given and the first put reports the I/O error.
+        let root = std::path::absolute(&root).unwrap_or(root);
         LocalStore {
             root,
             dirty_dirs: Arc::new(Mutex::new(HashSet::new())),

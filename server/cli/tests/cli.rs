@@ -56,6 +56,22 @@ fn points(repo: &Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
+fn relative_repository_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .current_dir(dir.path())
+            .args(["--repo", "repo"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    ok(&run(&["repo", "init"]));
+    assert!(dir.path().join("repo").is_dir());
+    ok(&run(&["list"]));
+}
+
+#[test]
 fn errors_a_person_can_act_on() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
