@@ -17,6 +17,7 @@
 //! a fingerprint is allowed to do. The thumbprint pinning of vSphere and NBD stays in those
 //! crates (it has trust-on-first-use files and error types of its own).
 
+pub mod license;
 pub mod pki;
 pub mod serve;
 pub mod trust;
@@ -75,6 +76,25 @@ pub fn pem_sha256(pem: &str) -> Result<String, TlsError> {
     Ok(c.first()
         .map(|c| sha256_hex(c.as_ref()))
         .unwrap_or_default())
+}
+
+/// The DNS names in a certificate's subjectAltName (empty when it does not parse).
+pub fn dns_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A reqwest client on `cfg` (HTTP/1.1; the caller's config decides trust and identity).

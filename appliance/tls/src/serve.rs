@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::sha256_hex;
+use crate::{dns_names, sha256_hex};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -27,6 +27,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// SHA-256 (hex) of the verified client certificate, if one was presented.
     pub cert_sha256: Option<String>,
+    /// DNS names in that certificate.
+    pub names: Vec<String>,
 }
 
 /// Accepts connections on `listener` until the task is dropped.
@@ -59,13 +61,18 @@ pub async fn serve(
                     return;
                 }
             };
-            let cert_sha256 = stream
+            let leaf = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| sha256_hex(c.as_ref()));
-            let peer = Peer { addr, cert_sha256 };
+                .and_then(|c| c.first());
+            let cert_sha256 = leaf.map(|c| sha256_hex(c.as_ref()));
+            let names = leaf.map(|c| dns_names(c.as_ref())).unwrap_or_default();
+            let peer = Peer {
+                addr,
+                cert_sha256,
+                names,
+            };
             let svc = TowerToHyperService::new(app.layer(Extension(peer)));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -84,7 +91,11 @@ mod tests {
     use crate::trust::{client_config, server_config, ClientAuth, Identity, ServerTrust};
 
     async fn whoami(Extension(p): Extension<Peer>) -> String {
-        p.cert_sha256.unwrap_or_else(|| "none".into())
+        format!(
+            "{} {}",
+            p.cert_sha256.unwrap_or_else(|| "none".into()),
+            p.names.join(",")
+        )
     }
 
     #[tokio::test]
@@ -123,7 +134,7 @@ mod tests {
             )
             .unwrap();
             let body = c.get(&url).send().await.unwrap().text().await.unwrap();
-            assert_eq!(body, fp);
+            assert_eq!(body, format!("{fp} admin-root.ferry.internal"));
         }
         // No client certificate, a certificate of another CA, a wrong CA pin, a wrong name.
         let (oc, ok) = other.issue(Role::Admin, "root", 1).unwrap();
