@@ -36,6 +36,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/logs", get(logs));
     if ctx.debug {
         r = r.route("/v1/debug/crash", post(crash));
+        r = r.route(
+            "/v1/debug/storage-check",
+            post(crate::storage_check::handler),
+        );
     }
     r.with_state(ctx)
 }

@@ -9,6 +9,7 @@
 mod api;
 mod identity;
 mod server;
+mod storage_check;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

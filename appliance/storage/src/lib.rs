@@ -61,6 +61,8 @@ use bytes::Bytes;
 pub mod ftp;
 pub mod limit;
 mod local;
+#[cfg(all(feature = "mount", target_os = "linux"))]
+pub mod mount;
 pub mod options;
 #[cfg(feature = "s3")]
 pub mod s3;
@@ -137,6 +139,15 @@ pub enum StoreError {
         /// Secret-free location.
         location: String,
         /// What failed.
+        detail: String,
+    },
+    /// Mounting an SMB or NFS share failed (unreachable host, missing share or export, no
+    /// root, no kernel support). A wrong password is [`StoreError::Auth`].
+    #[error("cannot mount {location}: {detail}")]
+    Mount {
+        /// Secret-free location.
+        location: String,
+        /// What failed, in terms an admin can act on.
         detail: String,
     },
     /// The capability probe at open found that the storage cannot hold a repository.
@@ -345,8 +356,13 @@ fn open_remote(
             sftp::SftpStore::open(&url, &opts)?,
             &opts,
         ))),
+        #[cfg(all(feature = "mount", target_os = "linux"))]
+        "smb" | "cifs" | "nfs" => Ok(std::sync::Arc::new(Limited::new(
+            mount::open(&url, &opts)?,
+            &opts,
+        ))),
         other => Err(StoreError::BadLocation(format!(
-            "unsupported storage scheme {other}:// (this build supports: file{}{}{})",
+            "unsupported storage scheme {other}:// (this build supports: file{}{}{}{})",
             if cfg!(feature = "sftp") { ", sftp" } else { "" },
             if cfg!(feature = "ftp") {
                 ", ftp, ftps"
@@ -354,6 +370,11 @@ fn open_remote(
                 ""
             },
             if cfg!(feature = "s3") { ", s3" } else { "" },
+            if cfg!(all(feature = "mount", target_os = "linux")) {
+                ", smb, nfs (kernel mount, root only)"
+            } else {
+                ""
+            },
         ))),
     }
 }
