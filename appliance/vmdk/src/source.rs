@@ -79,11 +79,10 @@ impl BlockSource for VmdkSource {
         Ok(Some(out))
     }
 
-    async fn read_at(&self, offset: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, SourceError> {
+    async fn read_at(&self, offset: u64, buf: Vec<u8>) -> Result<Vec<u8>, SourceError> {
         self.disk
-            .read_at(offset, &mut buf)
+            .read_owned(offset, buf.len())
             .await
-            .map_err(to_source)?;
-        Ok(buf)
+            .map_err(to_source)
     }
 }
