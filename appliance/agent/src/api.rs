@@ -1,39 +1,67 @@
-//! API routes: owns what the agent answers on 9876.
+//! API routes: owns what the agent answers on 9876 (the table is in `ferry-api`).
 //!
 //! - `GET /v1/status`: version, uptimes, hostname, addresses, network and
 //!   time-sync state, every setting with its source (secrets redacted),
-//!   config errors, and the TLS fingerprint. Init's part comes from
-//!   `/run/ferry/init.json`.
+//!   config errors, the TLS fingerprint, registration and license state.
+//!   Init's part comes from `/run/ferry/init.json`.
 //! - `GET /v1/logs[?lines=N]`: the log ring (init and agent), as text.
+//! - `POST /v1/pair/csr`, `POST /v1/pair/complete`: pairing (unregistered only).
+//! - plans, jobs, progress, events and license: see `ferry-api`; registered only.
 //! - `POST /v1/debug/crash`: aborts the agent so tests can watch init restart
 //!   it; only present when the appliance booted with `ferry.debug=1`.
+//!
+//! Access: before registration only status, logs, pairing and the debug hooks
+//! answer. After it, TLS admits only certificates of the management CA, and
+//! this gate admits only the management server's and admins' (not other
+//! agents').
 
+use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use ferry_api::v1::{
+    ApiError, JobPage, JobStarted, License, LogPage, PairCompleteRequest, PairCsrRequest, PlanPush,
+    ProgressEvent, Trigger,
+};
+use ferry_api::{parse_body, MAX_BODY};
+use ferry_tls::serve::Peer;
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+use crate::agent::Agent;
+use crate::jobs::Follow;
 
 /// Everything the handlers need.
 #[derive(Debug)]
 pub struct Ctx {
     pub started: Instant,
     pub start_number: u32,
-    pub tls_sha256: String,
     pub run_dir: PathBuf,
     pub debug: bool,
+    pub agent: Arc<Agent>,
 }
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let mut r = Router::new()
         .route("/v1/status", get(status))
-        .route("/v1/logs", get(logs));
+        .route("/v1/logs", get(logs))
+        .route("/v1/pair/csr", post(pair_csr))
+        .route("/v1/pair/complete", post(pair_complete))
+        .route("/v1/plans", get(plans_list))
+        .route("/v1/plans/{name}", put(plan_put).delete(plan_delete))
+        .route("/v1/plans/{name}/run", post(plan_run))
+        .route("/v1/jobs", get(jobs_page))
+        .route("/v1/jobs/{id}/progress", get(job_progress))
+        .route("/v1/events", get(events_page))
+        .route("/v1/license", put(license_put));
     if ctx.debug {
         r = r.route("/v1/debug/crash", post(crash));
         r = r.route(
@@ -41,10 +69,56 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             post(crate::storage_check::handler),
         );
     }
-    r.with_state(ctx)
+    r.fallback(|| async { fail(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::from_fn_with_state(ctx.clone(), gate))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctx)
+}
+
+fn fail(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(ApiError { error: msg.into() })).into_response()
+}
+
+async fn gate(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(peer): Extension<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    if ctx.agent.registered() {
+        let ok = peer.names.iter().any(|n| {
+            n == ferry_api::MGMT_SERVER_NAME
+                || (n.starts_with("admin-") && n.ends_with(".ferry.internal"))
+        });
+        if !ok {
+            return fail(
+                StatusCode::FORBIDDEN,
+                "only the management server and admins may call this agent",
+            );
+        }
+    } else {
+        let open = path == "/v1/status"
+            || path == "/v1/logs"
+            || path.starts_with("/v1/pair/")
+            || path.starts_with("/v1/debug/");
+        if !open {
+            return fail(
+                StatusCode::FORBIDDEN,
+                "this agent is not registered with a management server",
+            );
+        }
+    }
+    next.run(req).await
 }
 
 async fn status(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
+    let reg = ctx
+        .agent
+        .reg
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let init: Value = std::fs::read(ctx.run_dir.join("init.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -74,7 +148,10 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
         "config": pick("config"),
         "config_errors": pick("config_errors"),
         "modules_loaded": pick("modules_loaded"),
-        "tls": { "sha256": ctx.tls_sha256 },
+        "tls": { "sha256": reg.cert_sha256 },
+        "registration": reg,
+        "license": ctx.agent.license.state(),
+        "plans": ctx.agent.plans.list().len(),
     }))
 }
 
@@ -123,6 +200,27 @@ fn system_uptime() -> Option<f64> {
         .ok()
 }
 
+/// The addresses told to the management server (with `FERRY_DEBUG=1`, the lines of
+/// `FERRY_ADDRESSES_FILE` when set, so tests can simulate an address change).
+pub fn address_list(debug: bool) -> Vec<String> {
+    if debug {
+        if let Some(f) = std::env::var_os("FERRY_ADDRESSES_FILE") {
+            if let Ok(t) = std::fs::read_to_string(f) {
+                return t
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+        }
+    }
+    addresses()
+        .iter()
+        .filter_map(|a| a["address"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Non-loopback IPv4 and IPv6 addresses with prefix lengths.
 fn addresses() -> Vec<Value> {
     let mut out = Vec::new();
@@ -160,4 +258,173 @@ fn addresses() -> Vec<Value> {
         }
     }
     out
+}
+
+fn body<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, Response> {
+    parse_body(b).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn pair_csr(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
+    if ctx.agent.registered() {
+        return fail(StatusCode::CONFLICT, "already registered");
+    }
+    let req: PairCsrRequest = match body(&b) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    if !ctx.agent.check_pairing_code(&req.code) {
+        return fail(StatusCode::FORBIDDEN, "wrong pairing code");
+    }
+    match ctx.agent.pair_csr() {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn pair_complete(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
+    if ctx.agent.registered() {
+        return fail(StatusCode::CONFLICT, "already registered");
+    }
+    let req: PairCompleteRequest = match body(&b) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    if !ctx.agent.check_pairing_code(&req.code) {
+        return fail(StatusCode::FORBIDDEN, "wrong pairing code");
+    }
+    match ctx.agent.apply(req.enrolled, req.mgmt_url) {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => fail(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    }
+}
+
+async fn plans_list(State(ctx): State<Arc<Ctx>>) -> Response {
+    Json(ctx.agent.plans.list()).into_response()
+}
+
+async fn plan_put(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>, b: Bytes) -> Response {
+    let push: PlanPush = match body(&b) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    if let Err(e) = push.plan.validate() {
+        return fail(StatusCode::UNPROCESSABLE_ENTITY, format!("plan {e}"));
+    }
+    if push.plan.name != name {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            format!("plan name {:?} does not match the path", push.plan.name),
+        );
+    }
+    for c in push.plan.credential_names() {
+        if !push.credentials.contains_key(&c) {
+            return fail(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("credentials: the plan names {c:?}, which was not given"),
+            );
+        }
+    }
+    match ctx.agent.plans.put(push) {
+        Ok(s) => {
+            tracing::info!(
+                "plan {name} deployed (schedule {:?}, next run {:?})",
+                s.plan.schedule,
+                s.next_run_unix
+            );
+            Json(s).into_response()
+        }
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn plan_delete(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> Response {
+    if ctx.agent.plans.delete(&name) {
+        tracing::info!("plan {name} removed");
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        fail(StatusCode::NOT_FOUND, format!("no plan {name:?}"))
+    }
+}
+
+async fn plan_run(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> Response {
+    if ctx.agent.plans.get(&name).is_none() {
+        return fail(StatusCode::NOT_FOUND, format!("no plan {name:?}"));
+    }
+    match ctx.agent.start_job(&name, Trigger::Manual, None) {
+        Ok(job_id) => Json(JobStarted { job_id }).into_response(),
+        Err(e) => fail(StatusCode::CONFLICT, e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn jobs_page(State(ctx): State<Arc<Ctx>>, Query(q): Query<PageQuery>) -> Response {
+    let after = q.after.unwrap_or(0);
+    let records = ctx
+        .agent
+        .jobs
+        .page(after, q.limit.unwrap_or(100).clamp(1, 1000));
+    let next = records.last().map(|r| r.seq).unwrap_or(after);
+    Json(JobPage { records, next }).into_response()
+}
+
+async fn events_page(State(ctx): State<Arc<Ctx>>, Query(q): Query<PageQuery>) -> Response {
+    let after = q.after.unwrap_or(0);
+    let entries = ctx
+        .agent
+        .events
+        .page(after, q.limit.unwrap_or(500).clamp(1, 5000));
+    let next = entries.last().map(|e| e.seq).unwrap_or(after);
+    Json(LogPage { entries, next }).into_response()
+}
+
+fn line(ev: &ProgressEvent) -> Bytes {
+    let mut v = serde_json::to_vec(ev).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+async fn job_progress(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {
+    let stream = match ctx.agent.jobs.follow(&id) {
+        None => return fail(StatusCode::NOT_FOUND, format!("no job {id:?}")),
+        Some(Follow::Done(r)) => Body::from(line(&ProgressEvent::Done(*r))),
+        Some(Follow::Running(rx)) => {
+            let s = futures::stream::unfold(Some(rx), |rx| async move {
+                let mut rx = rx?;
+                loop {
+                    match rx.recv().await {
+                        Ok(ev) => {
+                            let done = matches!(ev, ProgressEvent::Done(_));
+                            return Some((
+                                Ok::<_, Infallible>(line(&ev)),
+                                if done { None } else { Some(rx) },
+                            ));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            });
+            Body::from_stream(s)
+        }
+    };
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], stream).into_response()
+}
+
+async fn license_put(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
+    let l: License = match body(&b) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    match ctx.agent.license.install(l) {
+        Ok(s) => {
+            tracing::info!("license installed");
+            Json(s).into_response()
+        }
+        Err(e) => fail(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
 }

@@ -1,15 +1,15 @@
-//! TLS identity: owns the agent's key and certificate in the state directory
-//! and the rustls server config built from them.
+//! TLS identity: owns the agent's key and certificate in the state directory.
 //!
 //! On first boot the agent creates a P-256 key and a self-signed certificate
 //! and keeps them in `<state>/tls/` (key 0600), so the identity survives
 //! restarts (and reboots, once the state partition exists). Registration
-//! with a management server will replace the certificate later.
+//! with a management server replaces the certificate with one its CA signed for
+//! the same key (see registration.rs); the self-signed one is kept as
+//! `self-signed.pem`.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
@@ -19,13 +19,12 @@ use sha2::{Digest, Sha256};
 /// The key, certificate and its SHA-256 fingerprint.
 #[derive(Debug)]
 pub struct Identity {
-    pub certs: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
     pub sha256: String,
     pub created: bool,
 }
 
-fn paths(state_dir: &Path) -> (PathBuf, PathBuf) {
+/// (key, certificate) paths.
+pub fn paths(state_dir: &Path) -> (PathBuf, PathBuf) {
     let dir = state_dir.join("tls");
     (dir.join("key.pem"), dir.join("cert.pem"))
 }
@@ -42,18 +41,13 @@ pub fn load_or_create(state_dir: &Path, hostname: &str) -> anyhow::Result<Identi
         .with_context(|| format!("open {}", cert_path.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parse {}", cert_path.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&key_path)
+    PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("parse {}", key_path.display()))?;
     let first = certs
         .first()
         .context("the certificate file holds no certificate")?;
     let sha256 = hex::encode(Sha256::digest(first.as_ref()));
-    Ok(Identity {
-        certs,
-        key,
-        sha256,
-        created,
-    })
+    Ok(Identity { sha256, created })
 }
 
 fn create(key_path: &Path, cert_path: &Path, hostname: &str) -> anyhow::Result<()> {
@@ -69,7 +63,7 @@ fn create(key_path: &Path, cert_path: &Path, hostname: &str) -> anyhow::Result<(
 }
 
 /// Writes a file readable by its owner only, atomically.
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -82,19 +76,6 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
     Ok(())
-}
-
-/// A TLS 1.3-only server config on the ring provider.
-pub fn server_config(id: Identity) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 with ring")?
-        .with_no_client_auth()
-        .with_single_cert(id.certs, id.key)
-        .context("load the certificate and key")?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
 }
 
 #[cfg(test)]
@@ -112,6 +93,5 @@ mod tests {
         let mode = std::fs::metadata(dir.path().join("tls/key.pem")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);
-        server_config(b).unwrap();
     }
 }

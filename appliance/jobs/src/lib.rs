@@ -316,11 +316,11 @@ pub async fn run(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let results: Vec<VmResult> = futures::stream::iter(selected.iter())
-        .map(|(label, moref)| {
-            let (client, repo, events) = (&client, &repo, &events);
+    let (client_ref, repo_ref, events_ref) = (&client, &repo, &events);
+    let results: Vec<VmResult> = futures::stream::iter(selected.clone())
+        .map(move |(label, moref)| {
             async move {
-                let r = one_vm(client, repo, plan, label, moref, events).await;
+                let r = one_vm(client_ref, repo_ref, plan, &label, &moref, events_ref).await;
                 match &r.error {
                     None => tracing::info!(
                         "plan {}: VM {label} backed up to {} ({} bytes read, {} new, {} stored, {:.1}s)",
@@ -333,7 +333,7 @@ pub async fn run(
                     ),
                     Some(e) => tracing::warn!("plan {}: VM {label} failed: {e}", plan.name),
                 }
-                events(ProgressEvent::VmDone(r.clone()));
+                events_ref(ProgressEvent::VmDone(r.clone()));
                 r
             }
         })

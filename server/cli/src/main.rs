@@ -1,8 +1,10 @@
-//! `ferry`: standalone backup, restore, verify, prune and GC on a Ferry repository.
+//! `ferry`: standalone backup, restore, verify, prune and GC on a Ferry repository, and
+//! remote management of appliances through the management server (manage.rs).
 //!
 //! Exit codes: 0 success; 1 error; 2 usage error; 3 verify found damage; 4 repository locked.
 
 mod demo;
+mod manage;
 mod output;
 mod sources;
 mod vm_backup;
@@ -69,6 +71,17 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
+    /// Management server: serve, enrollment tokens, the agent registry.
+    #[command(subcommand)]
+    Mgmt(manage::MgmtCmd),
+    /// Backup plans on managed agents.
+    #[command(subcommand)]
+    Plan(manage::PlanCmd),
+    /// Job history of managed agents; run a plan now.
+    #[command(subcommand)]
+    Jobs(manage::JobsCmd),
+    /// Logs collected from a managed agent.
+    Logs(manage::LogsArgs),
     /// Generate a sample disk, back it up, change it, back it up again, restore and verify.
     Demo {
         /// Working directory (created; reused if it exists).
@@ -333,6 +346,10 @@ async fn open_repo(cli: &Cli) -> anyhow::Result<Repository> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let rep = Reporter::new(cli.json);
     match &cli.cmd {
+        Cmd::Mgmt(c) => return manage::mgmt(c, &rep).await,
+        Cmd::Plan(c) => return manage::plan(c, &rep).await,
+        Cmd::Jobs(c) => return manage::jobs(c, &rep).await,
+        Cmd::Logs(a) => return manage::logs(a, &rep).await,
         Cmd::Repo(RepoCmd::Init {
             chunk_size: cs,
             compression_level,

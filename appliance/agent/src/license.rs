@@ -1,0 +1,132 @@
+//! Licensing (optional): a signed license from the management server's license service
+//! (acquired at registration, renewed at every hello) or given in the config
+//! (`FERRY_LICENSE`: the license JSON, with `FERRY_LICENSE_ISSUER`: the issuer's public key
+//! in hex). Licensing is required as soon as an issuer is trusted; then jobs without a
+//! valid license are refused with the reason. Kept in `<state>/license/`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ferry_api::v1::{License, LicenseState};
+
+#[derive(Debug, Default)]
+struct Inner {
+    trusted: Vec<String>,
+    license: Option<License>,
+}
+
+/// The license state.
+#[derive(Debug)]
+pub struct LicenseStore {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+impl LicenseStore {
+    /// Loads persisted state plus the config's license and issuer.
+    pub fn open(state_dir: &Path) -> LicenseStore {
+        let dir = state_dir.join("license");
+        let mut inner = Inner::default();
+        if let Ok(t) = std::fs::read_to_string(dir.join("issuers")) {
+            inner.trusted = t
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+        }
+        if let Ok(b) = std::fs::read(dir.join("license.json")) {
+            inner.license = serde_json::from_slice(&b).ok();
+        }
+        if let Ok(k) = std::env::var("FERRY_LICENSE_ISSUER") {
+            let k = k.trim().to_lowercase();
+            if !k.is_empty() && !inner.trusted.contains(&k) {
+                inner.trusted.push(k);
+            }
+        }
+        if let Ok(l) = std::env::var("FERRY_LICENSE") {
+            match serde_json::from_str::<License>(&l) {
+                Ok(l) => inner.license = Some(l),
+                Err(e) => tracing::warn!("the configured license does not parse: {e}"),
+            }
+        }
+        LicenseStore {
+            dir,
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn save(&self, i: &Inner) {
+        let _ = std::fs::create_dir_all(&self.dir);
+        let _ = std::fs::write(self.dir.join("issuers"), i.trusted.join("\n"));
+        if let Some(l) = &i.license {
+            if let Ok(b) = serde_json::to_vec(l) {
+                let _ = std::fs::write(self.dir.join("license.json"), b);
+            }
+        }
+    }
+
+    /// Trusts the issuer of a license that came from the management server over mTLS,
+    /// and installs it.
+    pub fn install_from_mgmt(&self, l: License) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let k = l.issuer_key.to_lowercase();
+        if !g.trusted.contains(&k) {
+            g.trusted.push(k);
+        }
+        g.license = Some(l);
+        self.save(&g);
+    }
+
+    /// Installs a license if it verifies against a trusted issuer.
+    pub fn install(&self, l: License) -> Result<LicenseState, String> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        ferry_tls::license::verify(&l, &g.trusted, ferry_api::now_unix())?;
+        g.license = Some(l);
+        self.save(&g);
+        drop(g);
+        Ok(self.state())
+    }
+
+    /// True when licensing is on and the license is from the management server.
+    pub fn wants_renewal(&self) -> bool {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.license
+            .as_ref()
+            .is_some_and(|l| l.terms.agent_id.is_some())
+    }
+
+    /// The state for status and for the job gate.
+    pub fn state(&self) -> LicenseState {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.trusted.is_empty() {
+            return LicenseState {
+                required: false,
+                valid: false,
+                reason: None,
+                terms: g.license.as_ref().map(|l| l.terms.clone()),
+            };
+        }
+        match &g.license {
+            None => LicenseState {
+                required: true,
+                valid: false,
+                reason: Some("no license installed".into()),
+                terms: None,
+            },
+            Some(l) => match ferry_tls::license::verify(l, &g.trusted, ferry_api::now_unix()) {
+                Ok(t) => LicenseState {
+                    required: true,
+                    valid: true,
+                    reason: None,
+                    terms: Some(t),
+                },
+                Err(e) => LicenseState {
+                    required: true,
+                    valid: false,
+                    reason: Some(e),
+                    terms: Some(l.terms.clone()),
+                },
+            },
+        }
+    }
+}
