@@ -87,11 +87,9 @@ pub async fn fetch_chunk(
 }
 
 /// Takes a shared lock so GC cannot remove chunks mid-restore; a read-only repository is
-/// restored without one.
-pub(crate) async fn read_lock(
-    repo: &Repository,
-    purpose: &str,
-) -> Result<Option<RepoLock>, ArchiveError> {
+/// restored without one. Readers outside this module (VMDK and datastore restores, NBD
+/// export) take it the same way.
+pub async fn read_lock(repo: &Repository, purpose: &str) -> Result<Option<RepoLock>, ArchiveError> {
     match RepoLock::acquire(
         repo.store().clone(),
         LockKind::Shared,

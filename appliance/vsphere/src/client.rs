@@ -122,6 +122,8 @@ pub struct ServiceContent {
     pub view_manager: Option<MoRef>,
     /// Search index.
     pub search_index: Option<MoRef>,
+    /// File manager (datastore directories and deletes).
+    pub file_manager: Option<MoRef>,
     /// Session manager.
     pub session_manager: MoRef,
     /// `about.apiVersion`.
@@ -144,6 +146,7 @@ impl ServiceContent {
                 .ok_or_else(|| shape("ServiceContent", "no propertyCollector"))?,
             view_manager: m("viewManager"),
             search_index: m("searchIndex"),
+            file_manager: m("fileManager"),
             session_manager: m("sessionManager")
                 .ok_or_else(|| shape("ServiceContent", "no sessionManager"))?,
             api_version: r
@@ -232,6 +235,7 @@ impl Client {
             property_collector: MoRef::new("PropertyCollector", "propertyCollector"),
             view_manager: None,
             search_index: None,
+            file_manager: None,
             session_manager: MoRef::new("SessionManager", "SessionManager"),
             api_version: "6.5".into(),
             api_type: String::new(),

@@ -70,6 +70,11 @@ pub struct VirtualDisk {
     pub controller_key: i32,
     /// Unit number on the controller.
     pub unit_number: i32,
+    /// The controller's type (`ParaVirtualSCSIController`, `VirtualLsiLogicController`, ...),
+    /// empty when the device list does not hold it.
+    pub controller_type: String,
+    /// The controller's bus number.
+    pub controller_bus: i32,
 }
 
 /// A node of the snapshot tree.
@@ -126,6 +131,14 @@ pub struct VmInfo {
     pub datacenter: String,
     /// Datastore moref value → name.
     pub datastore_names: BTreeMap<String, String>,
+    /// `config.guestId` (`otherGuest64`, ...).
+    pub guest_id: String,
+    /// `config.hardware.numCPU`.
+    pub num_cpu: u32,
+    /// `config.hardware.memoryMB`.
+    pub memory_mb: u64,
+    /// `config.firmware` (`bios` or `efi`).
+    pub firmware: String,
 }
 
 impl VmInfo {
@@ -146,6 +159,10 @@ const VM_PROPS: &[&str] = &[
     "config.uuid",
     "config.hardware.device",
     "config.changeTrackingEnabled",
+    "config.guestId",
+    "config.hardware.numCPU",
+    "config.hardware.memoryMB",
+    "config.firmware",
     "runtime.powerState",
     "runtime.host",
     "snapshot",
@@ -344,6 +361,16 @@ impl Client {
             current_snapshot,
             datacenter,
             datastore_names,
+            guest_id: o.text("config.guestId").unwrap_or("").to_string(),
+            num_cpu: o
+                .text("config.hardware.numCPU")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            memory_mb: o
+                .text("config.hardware.memoryMB")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            firmware: o.text("config.firmware").unwrap_or("").to_string(),
         })
     }
 
@@ -356,6 +383,11 @@ impl Client {
             .get("config.hardware.device")
             .map(parse_disks)
             .ok_or_else(|| shape("snapshot config", "no config.hardware.device"))
+    }
+
+    /// Name of the datacenter above `start` (empty when there is none).
+    pub async fn datacenter_name_of(&self, start: MoRef) -> Result<String> {
+        self.datacenter_of(start).await
     }
 
     /// Name of the datacenter above `start`.
@@ -405,6 +437,16 @@ fn object_content(o: &Node) -> Result<ObjectContent> {
 
 /// Virtual disks from an `ArrayOfVirtualDevice` value.
 pub fn parse_disks(devices: &Node) -> Vec<VirtualDisk> {
+    // Controllers by key: a restore as a new VM recreates them.
+    let controllers: BTreeMap<i32, (String, i32)> = devices
+        .children
+        .iter()
+        .filter_map(|d| {
+            let ty = d.xsi_type.as_deref()?;
+            let bus = d.parse_at::<i32>(&["busNumber"])?;
+            Some((d.parse_at::<i32>(&["key"])?, (ty.to_string(), bus)))
+        })
+        .collect();
     let mut found = Vec::new();
     devices.descendants_of_type("VirtualDisk", &mut found);
     found
@@ -432,6 +474,15 @@ pub fn parse_disks(devices: &Node) -> Vec<VirtualDisk> {
                     .map(str::to_string),
                 controller_key: d.parse_at(&["controllerKey"]).unwrap_or(-1),
                 unit_number: d.parse_at(&["unitNumber"]).unwrap_or(-1),
+                controller_type: d
+                    .parse_at::<i32>(&["controllerKey"])
+                    .and_then(|k| controllers.get(&k))
+                    .map(|c| c.0.clone())
+                    .unwrap_or_default(),
+                controller_bus: d
+                    .parse_at::<i32>(&["controllerKey"])
+                    .and_then(|k| controllers.get(&k))
+                    .map_or(-1, |c| c.1),
             })
         })
         .collect()
@@ -459,7 +510,7 @@ mod tests {
     #[test]
     fn disks_from_device_array() {
         let doc = br#"<val xmlns:x="http://www.w3.org/2001/XMLSchema-instance" x:type="ArrayOfVirtualDevice">
-<VirtualDevice x:type="VirtualLsiLogicController"><key>1000</key></VirtualDevice>
+<VirtualDevice x:type="VirtualLsiLogicController"><key>1000</key><busNumber>0</busNumber></VirtualDevice>
 <VirtualDevice x:type="VirtualDisk"><key>2000</key><deviceInfo><label>Hard disk 1</label></deviceInfo>
 <backing x:type="VirtualDiskFlatVer2BackingInfo"><fileName>[ds1] vm/vm.vmdk</fileName><datastore type="Datastore">datastore-1</datastore><changeId>52 a/3</changeId></backing>
 <controllerKey>1000</controllerKey><unitNumber>0</unitNumber><capacityInKB>1024</capacityInKB><capacityInBytes>0</capacityInBytes></VirtualDevice>
@@ -471,5 +522,7 @@ mod tests {
         assert_eq!(d[0].file_name, "[ds1] vm/vm.vmdk");
         assert_eq!(d[0].change_id.as_deref(), Some("52 a/3"));
         assert_eq!(d[0].datastore, Some(MoRef::new("Datastore", "datastore-1")));
+        assert_eq!(d[0].controller_type, "VirtualLsiLogicController");
+        assert_eq!(d[0].controller_bus, 0);
     }
 }

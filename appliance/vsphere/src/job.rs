@@ -300,6 +300,8 @@ async fn read_and_store(
         meta.insert("backing".into(), d.backing_type.clone());
         meta.insert("controller_key".into(), d.controller_key.to_string());
         meta.insert("unit_number".into(), d.unit_number.to_string());
+        meta.insert("controller_type".into(), d.controller_type.clone());
+        meta.insert("controller_bus".into(), d.controller_bus.to_string());
         meta.insert("transport".into(), "https".into());
         inputs.push(DiskInput {
             name: name.clone(),
@@ -330,6 +332,10 @@ async fn read_and_store(
     m.insert("vm.instance_uuid".into(), info.instance_uuid.clone());
     m.insert("vm.bios_uuid".into(), info.bios_uuid.clone());
     m.insert("vm.power_state".into(), info.power_state.clone());
+    m.insert("vm.guest_id".into(), info.guest_id.clone());
+    m.insert("vm.num_cpu".into(), info.num_cpu.to_string());
+    m.insert("vm.memory_mb".into(), info.memory_mb.to_string());
+    m.insert("vm.firmware".into(), info.firmware.clone());
     m.insert("datacenter".into(), info.datacenter.clone());
     m.insert("snapshot".into(), snapshot.name.clone());
     m.insert("snapshot.quiesced".into(), snapshot.quiesced.to_string());
@@ -532,6 +538,30 @@ pub async fn restore_disk_to_datastore(
         .ok_or_else(|| VsphereError::Invalid(format!("{target}: the target must end in .vmdk")))?;
     let flat_name = format!("{stem}-flat.vmdk");
     let flat = target.sibling(&flat_name);
+    let lock =
+        ferry_archive::restore::read_lock(repo, &format!("restore of {}", manifest.id)).await?;
+    let res = upload_disk(
+        client, repo, manifest, disk, datacenter, target, &flat, &flat_name, progress,
+    )
+    .await;
+    if let Some(l) = lock {
+        l.release().await?;
+    }
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upload_disk(
+    client: &Client,
+    repo: &Repository,
+    manifest: &Manifest,
+    disk: usize,
+    datacenter: &str,
+    target: &DatastorePath,
+    flat: &DatastorePath,
+    flat_name: &str,
+    progress: Arc<Progress>,
+) -> Result<u64> {
     let index = Arc::new(repo.load_index(manifest, disk).await?);
     let size = index.disk_size;
     progress.total.fetch_add(size, Ordering::Relaxed);
@@ -560,10 +590,10 @@ pub async fn restore_disk_to_datastore(
         })
         .buffered(8);
     let body = reqwest::Body::wrap_stream(chunks);
-    ds.put(&flat, body, size).await?;
+    ds.put(flat, body, size).await?;
     ds.put_bytes(
         target,
-        monolithic_flat_descriptor(size, &flat_name).into_bytes(),
+        monolithic_flat_descriptor(size, flat_name).into_bytes(),
     )
     .await?;
     tracing::info!(point = %manifest.id, disk, target = %target, "disk restored to the datastore");

@@ -7,7 +7,8 @@
 //! - [`inventory`]: property collector, VM lookup, disks, snapshot tree;
 //! - [`task`], [`snapshot`]: tasks, snapshots, CBT (`QueryChangedDiskAreas`);
 //! - [`datastore`]: `/folder` HTTPS range reads (the VMDK reader's byte source) and PUT;
-//! - [`job`]: `backup_vm` and the restores, on top of `ferry-archive` and `ferry-vmdk`.
+//! - [`job`]: `backup_vm` and the disk restores, on top of `ferry-archive` and `ferry-vmdk`;
+//! - [`restore`]: a whole VM restored as a new VM (disks uploaded, then `CreateVM_Task`).
 //!
 //! It deliberately does not parse VMDK files (that is `ferry-vmdk`), store anything (that
 //! is `ferry-archive`), or speak NFC (later). Passwords and session cookies never reach a
@@ -18,6 +19,7 @@ pub mod datastore;
 pub mod error;
 pub mod inventory;
 pub mod job;
+pub mod restore;
 pub mod snapshot;
 pub mod soap;
 pub mod task;
@@ -31,6 +33,7 @@ pub use inventory::{SnapshotNode, VirtualDisk, VmInfo, VmSelector};
 pub use job::{
     backup_vm, restore_disk_to_datastore, restore_disk_to_file, VmBackupOptions, VmBackupReport,
 };
+pub use restore::{restore_vm, VmRestoreOptions, VmRestoreReport};
 pub use snapshot::{TakenSnapshot, SNAPSHOT_PREFIX};
 pub use soap::MoRef;
 pub use tls::Trust;

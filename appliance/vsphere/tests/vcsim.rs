@@ -15,8 +15,9 @@ use std::time::Duration;
 use common::{disk_bytes, new_repo, progress, sha, Sim};
 use ferry_vsphere::job::{monolithic_flat_descriptor, DiskRead};
 use ferry_vsphere::{
-    backup_vm, restore_disk_to_datastore, restore_disk_to_file, Client, Datastore, DatastorePath,
-    FaultKind, Trust, VmBackupOptions, VmInfo, VmSelector, VsphereError,
+    backup_vm, restore_disk_to_datastore, restore_disk_to_file, restore_vm, Client, Datastore,
+    DatastorePath, FaultKind, Trust, VmBackupOptions, VmInfo, VmRestoreOptions, VmSelector,
+    VsphereError,
 };
 
 const VM: &str = "DC0_H0_VM0";
@@ -427,4 +428,60 @@ async fn simulator_killed_mid_backup() {
     let e = job.await.unwrap().unwrap_err();
     assert!(matches!(e, VsphereError::JobAndCleanup { .. }), "{e}");
     assert!(repo.list_point_ids().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_as_a_new_vm() {
+    let sim = Sim::start(&["-disks", "6M,3M"]).await;
+    let (c, info, datas) = setup(&sim).await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(dir.path()).await;
+    let full = backup_vm(&c, &repo, &opts(), progress()).await.unwrap();
+    assert_eq!(full.manifest.meta["vm.num_cpu"], info.num_cpu.to_string());
+
+    let mut ro = VmRestoreOptions::new("restored-vm", "LocalDS_0");
+    ro.task_timeout = Duration::from_secs(60);
+    let rep = restore_vm(&c, &repo, &full.manifest, &ro, progress())
+        .await
+        .unwrap();
+    assert_eq!(rep.disks.len(), 2);
+    let vm = c
+        .find_vm(&VmSelector::Name("restored-vm".into()))
+        .await
+        .unwrap();
+    assert_eq!(vm, rep.vm);
+    let new = c.vm_info(&vm).await.unwrap();
+    assert_eq!(new.num_cpu, info.num_cpu);
+    assert_eq!(new.memory_mb, info.memory_mb);
+    assert_eq!(new.guest_id, info.guest_id);
+    assert_eq!(new.disks.len(), 2, "{:?}", new.disks);
+    // The new VM's disks, read back through the datastore, equal the source disks.
+    let ds = Datastore::new(&c, &new.datacenter, 2);
+    for (d, data) in new.disks.iter().zip(&datas) {
+        assert!(d.file_name.contains("restored-vm/"), "{}", d.file_name);
+        let p = DatastorePath::parse(&d.file_name).unwrap();
+        let v = ferry_vmdk::Vmdk::open(std::sync::Arc::new(ds.resolver(&p)), &p.path)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; data.len()];
+        v.read_at(0, &mut buf).await.unwrap();
+        assert_eq!(sha(&buf), sha(data));
+    }
+
+    // The same name again is refused before anything is uploaded.
+    let e = restore_vm(&c, &repo, &full.manifest, &ro, progress())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    // An unknown datastore fails cleanly and leaves no VM behind.
+    let mut bad = VmRestoreOptions::new("restored-2", "NoSuchDS");
+    bad.task_timeout = Duration::from_secs(60);
+    assert!(restore_vm(&c, &repo, &full.manifest, &bad, progress())
+        .await
+        .is_err());
+    assert!(c
+        .find_vm(&VmSelector::Name("restored-2".into()))
+        .await
+        .is_err());
+    c.logout().await.unwrap();
 }
