@@ -7,7 +7,9 @@ mod demo;
 mod manage;
 mod output;
 mod sources;
+mod vcenter;
 mod vm_backup;
+mod vm_restore;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -168,6 +170,22 @@ struct VsphereArgs {
     /// Every VM of the inventory.
     #[arg(long, requires = "vcenter", conflicts_with = "vms")]
     all: bool,
+    #[command(flatten)]
+    conn: VcenterConn,
+    /// Ask for a quiesced snapshot (falls back to crash-consistent, reported).
+    #[arg(long, requires = "vcenter")]
+    quiesce: bool,
+    /// Turn on Changed Block Tracking where it is off.
+    #[arg(long, requires = "vcenter")]
+    enable_cbt: bool,
+    /// Read every disk in full even when CBT could give an incremental.
+    #[arg(long, requires = "vcenter")]
+    no_cbt: bool,
+}
+
+/// How to reach and trust vCenter or ESXi.
+#[derive(Args, Debug)]
+pub(crate) struct VcenterConn {
     /// Pin the server certificate by its SHA-256 thumbprint.
     #[arg(long, requires = "vcenter")]
     thumbprint: Option<String>,
@@ -181,33 +199,61 @@ struct VsphereArgs {
     /// variables FERRY_VCENTER_USER and FERRY_VCENTER_PASSWORD).
     #[arg(long, requires = "vcenter")]
     credentials: Option<PathBuf>,
-    /// Ask for a quiesced snapshot (falls back to crash-consistent, reported).
+}
+
+/// Restoring into vSphere.
+#[derive(Args, Debug)]
+struct VsphereRestoreArgs {
+    /// vCenter or ESXi (https://host or host) to restore into, with --new-vm or --to-datastore.
+    #[arg(long)]
+    vcenter: Option<String>,
+    #[command(flatten)]
+    conn: VcenterConn,
+    /// Restore every disk of the point as a new VM of this name (registered with the
+    /// recorded CPUs, memory, firmware and disk controllers; no network adapter).
+    #[arg(long, requires_all = ["vcenter", "datastore"], conflicts_with = "to_datastore")]
+    new_vm: Option<String>,
+    /// Datastore for --new-vm.
+    #[arg(long, requires = "new_vm")]
+    datastore: Option<String>,
+    /// Datacenter, when there are several.
     #[arg(long, requires = "vcenter")]
-    quiesce: bool,
-    /// Turn on Changed Block Tracking where it is off.
+    datacenter: Option<String>,
+    /// Host or cluster for --new-vm (default: the datacenter's first).
+    #[arg(long, requires = "new_vm")]
+    compute: Option<String>,
+    /// Power the new VM on.
+    #[arg(long, requires = "new_vm")]
+    power_on: bool,
+    /// Restore one disk (--disk) as a monolithicFlat pair at this datastore path,
+    /// `[datastore] folder/name.vmdk`, e.g. to attach it to an existing VM.
     #[arg(long, requires = "vcenter")]
-    enable_cbt: bool,
-    /// Read every disk in full even when CBT could give an incremental.
-    #[arg(long, requires = "vcenter")]
-    no_cbt: bool,
+    to_datastore: Option<String>,
 }
 
 #[derive(Args, Debug)]
-struct RestoreArgs {
+pub(crate) struct RestoreArgs {
     /// Restore point: id, unique id prefix, or `latest`.
     point: String,
     /// Disk index or name; the first disk if not given.
     #[arg(long)]
     disk: Option<String>,
     /// Where to write: a file (created sparse), a block device, or `-` for stdout.
-    #[arg(long, short = 't')]
-    target: String,
+    #[arg(
+        long,
+        short = 't',
+        required_unless_present = "vcenter",
+        conflicts_with = "vcenter"
+    )]
+    target: Option<String>,
     /// With `latest`: the group.
     #[arg(long)]
     group: Option<String>,
     /// Output format; by default `vmdk` for a target ending in .vmdk, else `raw`.
     #[arg(long, value_enum)]
     format: Option<RestoreFormat>,
+    #[command(flatten)]
+    vsphere: VsphereRestoreArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -395,31 +441,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let m = do_backup(&repo, a, &rep).await?;
             rep.result(&m, || output::backup_summary(&m));
         }
+        Cmd::Restore(a) if a.vsphere.vcenter.is_some() => {
+            let repo = open_repo(&cli).await?;
+            let m = repo.resolve_point(&a.point, a.group.as_deref()).await?;
+            return vm_restore::run(&repo, &m, a, &rep).await;
+        }
         Cmd::Restore(a) => {
             let repo = open_repo(&cli).await?;
             let m = repo.resolve_point(&a.point, a.group.as_deref()).await?;
+            let target_arg = a.target.as_deref().context("--target is required")?;
             let disk = disk_index(&m, a.disk.as_deref())?;
             let size = m
                 .disks
                 .get(disk)
                 .with_context(|| format!("restore point {} has no disk {disk}", m.id))?
                 .size;
-            let format = a
-                .format
-                .unwrap_or(if a.target.to_ascii_lowercase().ends_with(".vmdk") {
-                    RestoreFormat::Vmdk
-                } else {
-                    RestoreFormat::Raw
-                });
+            let format =
+                a.format
+                    .unwrap_or(if target_arg.to_ascii_lowercase().ends_with(".vmdk") {
+                        RestoreFormat::Vmdk
+                    } else {
+                        RestoreFormat::Raw
+                    });
             if format != RestoreFormat::Raw {
-                let stats = restore_vmdk(&repo, &m, disk, &a.target, format).await?;
+                let stats = restore_vmdk(&repo, &m, disk, target_arg, format).await?;
                 rep.result(&stats, || {
                     format!(
                         "restored {} disk {} ({}) to {} as {:?}: {} grains stored, {} written",
                         m.id,
                         disk,
                         human_bytes(size),
-                        a.target,
+                        target_arg,
                         format,
                         stats.grains_stored,
                         human_bytes(stats.bytes_written)
@@ -427,7 +479,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
                 return Ok(ExitCode::SUCCESS);
             }
-            let target = Target::for_path(&a.target);
+            let target = Target::for_path(target_arg);
             let progress = Arc::new(Progress::default());
             let bar = rep.progress_bar(progress.clone(), "restore", size);
             let started = std::time::Instant::now();
@@ -449,7 +501,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         m.id,
                         disk,
                         human_bytes(stats.size),
-                        a.target,
+                        target_arg,
                         human_bytes(stats.written),
                         human_bytes(stats.zero),
                         output::rate(stats.size, started.elapsed()),
@@ -530,7 +582,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Resolves `--disk` (an index or a name) against a manifest.
-fn disk_index(m: &ferry_archive::Manifest, disk: Option<&str>) -> anyhow::Result<usize> {
+pub(crate) fn disk_index(m: &ferry_archive::Manifest, disk: Option<&str>) -> anyhow::Result<usize> {
     let n = match disk {
         None => 0,
         Some(d) => match d.parse::<usize>() {
@@ -560,13 +612,8 @@ async fn restore_vmdk(
     format: RestoreFormat,
 ) -> anyhow::Result<WriteStatsOut> {
     let src = ferry_archive::PointSource::open(repo.clone(), m, disk).await?;
-    let lock = ferry_archive::lock::RepoLock::acquire(
-        repo.store().clone(),
-        ferry_archive::lock::LockKind::Shared,
-        "restore to VMDK",
-        Duration::from_secs(600),
-    )
-    .await?;
+    let lock =
+        ferry_archive::restore::read_lock(repo, &format!("restore of {} to VMDK", m.id)).await?;
     let path = PathBuf::from(target);
     let mut opts = ferry_vmdk::WriteOptions::default();
     if let Some(n) = path.file_name() {
@@ -599,7 +646,9 @@ async fn restore_vmdk(
         RestoreFormat::VmdkFlat => Ok(ferry_vmdk::write_monolithic_flat(&src, &path, &opts).await?),
         RestoreFormat::Raw => bail!("raw restores do not go through the VMDK writer"),
     };
-    lock.release().await?;
+    if let Some(l) = lock {
+        l.release().await?;
+    }
     let s = res?;
     Ok(WriteStatsOut {
         disk_size: s.disk_size,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use ferry_archive::{Progress, Repository};
 use ferry_vsphere::job::DiskRead;
-use ferry_vsphere::{Client, ConnectOptions, Credentials, Trust, VmBackupOptions, VmSelector};
+use ferry_vsphere::{VmBackupOptions, VmSelector};
 use serde::Serialize;
 
 use crate::output::{backup_summary, Reporter};
@@ -42,22 +42,7 @@ fn selector(s: &str) -> VmSelector {
 pub async fn run(repo: &Repository, a: &BackupArgs, rep: &Reporter) -> anyhow::Result<ExitCode> {
     let v = &a.vsphere;
     let url = v.vcenter.as_deref().context("--vcenter is required")?;
-    let trust = match (&v.thumbprint, &v.ca, &v.trust_on_first_use) {
-        (Some(t), None, None) => Trust::Thumbprint(t.clone()),
-        (None, Some(ca), None) => Trust::CaBundle(ca.clone()),
-        (None, None, Some(f)) => Trust::TrustOnFirstUse(f.clone()),
-        (None, None, None) => bail!(
-            "say how to trust {url}: --thumbprint SHA256, --ca BUNDLE, or --trust-on-first-use FILE"
-        ),
-        _ => bail!("give only one of --thumbprint, --ca and --trust-on-first-use"),
-    };
-    let creds = match &v.credentials {
-        Some(f) => Credentials::from_file(f)?,
-        None => Credentials::from_env("FERRY_VCENTER_USER", "FERRY_VCENTER_PASSWORD")?,
-    };
-    let client = Client::connect(&ConnectOptions::new(url, creds, trust))
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let client = crate::vcenter::connect(url, &v.conn).await?;
     let selectors: Vec<(String, VmSelector)> = if v.all {
         client
             .list("VirtualMachine", &["name"])

@@ -134,6 +134,56 @@ async fn vm_backup_and_restore_through_the_cli() {
         );
     }
 
+    // Back into vSphere: as a new VM, and one disk to a datastore path. The bytes read
+    // back through the datastore equal the source.
+    let vc = |extra: &[&str]| {
+        let mut a: Vec<String> = vec![
+            "--json".into(),
+            "restore".into(),
+            "latest".into(),
+            "--group".into(),
+            VM.into(),
+            "--vcenter".into(),
+            url.clone(),
+            "--thumbprint".into(),
+            thumb.clone(),
+            "--credentials".into(),
+            creds.to_string_lossy().into_owned(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        run(a)
+    };
+    let o = vc(&["--new-vm", "cli-restored", "--datastore", "LocalDS_0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["disks"].as_array().unwrap().len(), 2, "{r}");
+    let o = vc(&["--disk", "1", "--to-datastore", "[LocalDS_0] loose/d1.vmdk"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let new = c
+        .vm_info(
+            &c.find_vm(&VmSelector::Name("cli-restored".into()))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut paths: Vec<String> = new.disks.iter().map(|d| d.file_name.clone()).collect();
+    paths.push("[LocalDS_0] loose/d1.vmdk".into());
+    let wants = [&shas[0], &shas[1], &shas[1]];
+    for (p, want) in paths.iter().zip(wants) {
+        let p = DatastorePath::parse(p).unwrap();
+        let v = ferry_vmdk::Vmdk::open(std::sync::Arc::new(ds.resolver(&p)), &p.path)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; v.size() as usize];
+        v.read_at(0, &mut buf).await.unwrap();
+        assert_eq!(&hex::encode(Sha256::digest(&buf)), want, "{p}");
+    }
+    // Without a destination, a clear usage error.
+    let o = vc(&[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--new-vm"));
+
     // A certificate that does not match the pin is refused, and no restore point appears.
     let wrong = "00".repeat(32);
     let o = backup(&wrong);
