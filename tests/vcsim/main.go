@@ -60,6 +60,7 @@ type state struct {
 	outage      bool
 	failRemove  int
 	folderBytes int64
+	currentTime int // CurrentTime calls: the client's session keep-alive
 }
 
 var st = &state{disks: map[string]*cbtDisk{}, expired: map[string]bool{}, expireAfter: -1, outageAfter: -1}
@@ -297,6 +298,11 @@ func front(inner http.Handler) http.Handler {
 		}
 		if dead {
 			r.Header.Del("Cookie")
+		}
+		if bytes.Contains(body, []byte("<CurrentTime")) {
+			st.mu.Lock()
+			st.currentTime++
+			st.mu.Unlock()
 		}
 		switch {
 		case bytes.Contains(body, []byte("QueryChangedDiskAreas")):
@@ -635,6 +641,11 @@ func control() http.Handler {
 		st.mu.Lock()
 		st.failRemove = n
 		st.mu.Unlock()
+	})
+	m.HandleFunc("/current-time-calls", func(w http.ResponseWriter, r *http.Request) {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		fmt.Fprintln(w, st.currentTime)
 	})
 	m.HandleFunc("/folder-bytes", func(w http.ResponseWriter, r *http.Request) {
 		st.mu.Lock()

@@ -48,6 +48,9 @@ pub struct VmBackupOptions {
     pub chunk_size: Option<u32>,
     /// zstd level; the repository's when `None`.
     pub compression_level: Option<i32>,
+    /// How often the session is pinged while disks are read, so that vCenter's idle
+    /// timeout (30 min by default) never ends it mid-job; `None` turns it off.
+    pub keep_alive: Option<Duration>,
 }
 
 impl VmBackupOptions {
@@ -63,6 +66,7 @@ impl VmBackupOptions {
             in_flight: 8,
             chunk_size: None,
             compression_level: None,
+            keep_alive: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -164,6 +168,7 @@ pub async fn backup_vm(
     tracing::info!(vm = %info.name, snapshot = %snapshot.name, quiesced = snapshot.quiesced, "snapshot taken");
 
     let ds = Datastore::new(client, &info.datacenter, opts.in_flight);
+    let _pinger = opts.keep_alive.map(|every| KeepAlive::start(client, every));
     let job = read_and_store(
         client,
         repo,
@@ -480,6 +485,33 @@ async fn plan_cbt(
         Err(e) => full(&format!(
             "QueryChangedDiskAreas since {since:?} was rejected: {e}"
         )),
+    }
+}
+
+/// Pings the session in the background until dropped. Datastore reads carry the session
+/// cookie but do not all count as activity; a failed ping is logged and the next call
+/// logs in again anyway.
+struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl KeepAlive {
+    fn start(client: &Client, every: Duration) -> KeepAlive {
+        let client = client.clone();
+        KeepAlive(tokio::spawn(async move {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                t.tick().await;
+                match client.keep_alive().await {
+                    Ok(()) => tracing::debug!("vSphere session kept alive"),
+                    Err(e) => tracing::warn!(error = %e, "vSphere keep-alive failed"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

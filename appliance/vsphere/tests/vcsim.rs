@@ -356,8 +356,18 @@ async fn session_expiring_mid_job_logs_in_again() {
     let logins = c.login_count();
     sim.control("/expire-sessions?after-bytes=6291456", "")
         .await;
-    let r = backup_vm(&c, &repo, &opts(), progress()).await.unwrap();
+    // A keep-alive far shorter than the job: the session is pinged while disks are read.
+    let mut o = opts();
+    o.keep_alive = Some(Duration::from_millis(20));
+    let r = backup_vm(&c, &repo, &o, progress()).await.unwrap();
     assert!(c.login_count() > logins, "no re-login happened");
+    let pings: u64 = sim
+        .control("/current-time-calls", "")
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pings > 0, "no keep-alive call during the job");
     for (i, data) in datas.iter().enumerate() {
         let out = dir.path().join(format!("r{i}.raw"));
         restore_disk_to_file(&repo, &r.manifest, i, &out, progress())
