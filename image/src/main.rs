@@ -10,11 +10,15 @@
 //! - `initramfs.cpio.zst`: `/init` (ferry-init), `/sbin/ferry-agent`, the
 //!   modules and their index, `/dev/console`, and nothing else;
 //! - `cmdline`: the default kernel command line;
+//! - `ferry.efi`: the UKI (systemd-stub + kernel + command line + initramfs);
+//! - `disk.raw`: the GPT disk (ESP with the UKI, blank state partition), sparse;
+//! - `ferry-agent-<version>-disk1.vmdk`: that disk as a streamOptimized VMDK;
+//! - `ferry-agent-<version>.ovf`, `.mf` and `ferry-agent-<version>.ova`;
 //! - `manifest.json`: versions, module list, sizes and SHA-256 of each file.
 //!
-//! The UKI, the GPT/ESP disk, the VMDK and the OVA (next issue) are built
-//! from these same files by later steps of this tool.
+//! The UKI, disk, OVF and OVA steps are in the `ferry_image` library.
 
+mod appliance;
 mod binaries;
 mod cpio;
 mod elf;
@@ -28,13 +32,17 @@ use clap::Parser;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-/// Size targets from the issue.
+/// Size targets from the issues.
 const MAX_INITRAMFS: u64 = 24 * 1024 * 1024;
 const MAX_TOTAL: u64 = 40 * 1024 * 1024;
+const MAX_OVA: u64 = 40 * 1024 * 1024;
 
 /// Serial and VGA console; quiet keeps TCG boots fast; reboot 10 s after a
 /// kernel panic instead of hanging.
 pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0,115200 quiet panic=10";
+/// The UKI's command line. Init writes to every active console, so the
+/// vSphere console (tty0) and the serial port both show its messages.
+pub const UKI_CMDLINE: &str = DEFAULT_CMDLINE;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +68,15 @@ struct Args {
     /// Fail when the size targets are exceeded
     #[arg(long)]
     enforce_size: bool,
+    /// systemd's EFI stub (Debian package systemd-boot-efi)
+    #[arg(long, default_value = ferry_image::uki::STUB_PATH)]
+    efi_stub: PathBuf,
+    /// Only the kernel and initramfs: no UKI, disk, VMDK, OVF or OVA
+    #[arg(long)]
+    no_ova: bool,
+    /// Virtual size of the appliance disk in MiB
+    #[arg(long, default_value_t = 1024)]
+    disk_mib: u64,
 }
 
 fn workspace_root() -> PathBuf {
@@ -167,17 +184,42 @@ fn main() -> anyhow::Result<()> {
     )?;
     let kernel_len = vmlinuz.len() as u64;
     let initrd_len = zst.len() as u64;
+    let mut files = serde_json::Map::new();
+    files.insert(
+        "vmlinuz".into(),
+        json!({ "size": kernel_len, "sha256": sha256(&vmlinuz) }),
+    );
+    files.insert(
+        "initramfs.cpio.zst".into(),
+        json!({ "size": initrd_len, "sha256": sha256(&zst), "uncompressed": raw_len }),
+    );
+    let ova = if args.no_ova {
+        None
+    } else {
+        Some(appliance::build(
+            &appliance::Inputs {
+                out: &out,
+                stub: &args.efi_stub,
+                osrel: os_release().as_bytes(),
+                cmdline: UKI_CMDLINE.as_bytes(),
+                linux: &vmlinuz,
+                initrd: &zst,
+                disk_mib: args.disk_mib,
+                mtime: u64::from(mtime),
+            },
+            &mut files,
+        )?)
+    };
     let manifest = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "kernel_package": k.package,
         "kernel_deb": k.deb.file_name().map(|f| f.to_string_lossy().into_owned()),
         "kernel_release": k.release,
         "cmdline": DEFAULT_CMDLINE,
+        "uki_cmdline": UKI_CMDLINE,
         "modules": sel.modules.keys().collect::<Vec<_>>(),
-        "files": {
-            "vmlinuz": { "size": kernel_len, "sha256": sha256(&vmlinuz) },
-            "initramfs.cpio.zst": { "size": initrd_len, "sha256": sha256(&zst), "uncompressed": raw_len },
-        },
+        "files": files,
+        "ova": ova.as_ref().map(|o| o.file_name.clone()),
     });
     write(
         &out.join("manifest.json"),
@@ -211,7 +253,24 @@ fn main() -> anyhow::Result<()> {
         mib(kernel_len + initrd_len),
         ok(kernel_len + initrd_len, MAX_TOTAL)
     );
-    if args.enforce_size && (initrd_len >= MAX_INITRAMFS || kernel_len + initrd_len >= MAX_TOTAL) {
+    let mut over = initrd_len >= MAX_INITRAMFS || kernel_len + initrd_len >= MAX_TOTAL;
+    if let Some(o) = &ova {
+        println!("  ferry.efi (UKI)      {:7.2} MiB", mib(o.uki_size));
+        println!(
+            "  disk                 {:7.2} MiB virtual, {:.2} MiB populated; VMDK {:.2} MiB",
+            mib(o.disk_capacity),
+            mib(o.disk_populated),
+            mib(o.vmdk_size)
+        );
+        println!(
+            "  {}  {:7.2} MiB  (target < 40 MiB: {})",
+            o.file_name,
+            mib(o.ova_size),
+            ok(o.ova_size, MAX_OVA)
+        );
+        over |= o.ova_size >= MAX_OVA;
+    }
+    if args.enforce_size && over {
         bail!("size targets exceeded");
     }
     Ok(())
