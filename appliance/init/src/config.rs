@@ -1,13 +1,22 @@
 //! Config: owns the appliance settings, where each came from, and what was
 //! wrong with them.
 //!
-//! Sources, highest precedence first:
-//! 1. the kernel command line, `ferry.<key>=<value>` (tests and rescue);
-//! 2. the persisted state directory, `<state>/config.json`, a flat JSON object
-//!    of the same keys with string values;
-//! 3. built-in defaults.
+//! Sources, highest precedence first (the source of each setting is shown
+//! in `/v1/status`):
+//! 1. `cmdline`: the kernel command line, `ferry.<key>=<value>` (tests and
+//!    rescue);
+//! 2. `ovf-env`: the OVF environment's properties `ferry.<key>`, from the
+//!    CD-ROM (`iso` transport) or `guestinfo.ovfEnv`
+//!    (`com.vmware.guestInfo` transport); empty values count as unset;
+//! 3. `guestinfo`: VMware guestinfo variables `guestinfo.ferry.<key>`;
+//! 4. `state`: the persisted state directory, `<state>/config.json`, a flat
+//!    JSON object of the same keys with string values, and
+//!    `<state>/secrets.json` for the secrets;
+//! 5. built-in defaults.
 //!
-//! (The next issue inserts the OVF environment and guestinfo between 1 and 2.)
+//! Secrets (`token`, `vcenter_password`) are never logged or served. Init
+//! writes them, whatever their source, to `<state>/secrets.json` (0600 on
+//! the state partition) for the agent, and nowhere else.
 //!
 //! A bad entry never stops the boot: an unknown key or a malformed value is
 //! recorded in [`Config::errors`] (printed on the console and served in
@@ -15,10 +24,13 @@
 //! default applies. A static network without a valid address falls back to
 //! DHCP.
 //!
-//! Keys: `hostname`, `net` (`dhcp` | `static`), `ip` (`A.B.C.D/prefix`, implies
-//! static), `gateway`, `dns` and `ntp` (comma-separated), `mgmt`
-//! (`host[:port]`), `token` (secret, never logged), `log`
-//! (`error`..`trace`), `debug` (`0`/`1`, enables test hooks in the agent).
+//! Keys: `hostname`, `net` (`dhcp` | `static`), `ip` (`A.B.C.D[/prefix]`,
+//! implies static), `netmask` (`255.255.255.0` or `24`, for an `ip` without
+//! prefix), `gateway`, `dns` and `ntp` (comma-separated), `mgmt`
+//! (`host[:port]`), `token` (secret), `vcenter` (`host[:port]`),
+//! `vcenter_user`, `vcenter_password` (secret), `vcenter_thumbprint`
+//! (SHA-256, hex, colons optional), `log` (`error`..`trace`), `debug`
+//! (`0`/`1`, enables test hooks in the agent).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,14 +43,20 @@ use serde::Serialize;
 pub const CMDLINE_PREFIX: &str = "ferry.";
 /// File name of the persisted config inside the state directory.
 pub const STATE_CONFIG_FILE: &str = "config.json";
+/// File name of the persisted secrets inside the state directory (0600).
+pub const STATE_SECRETS_FILE: &str = "secrets.json";
+/// Prefix of our keys among guestinfo variables.
+pub const GUESTINFO_PREFIX: &str = "guestinfo.ferry.";
 /// Default state directory (the state partition is mounted here later).
 pub const STATE_DIR: &str = "/var/lib/ferry";
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Source {
     Cmdline,
+    OvfEnv,
+    Guestinfo,
     State,
     Default,
 }
@@ -47,6 +65,8 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Source::Cmdline => "cmdline",
+            Source::OvfEnv => "ovf-env",
+            Source::Guestinfo => "guestinfo",
             Source::State => "state",
             Source::Default => "default",
         })
@@ -77,6 +97,11 @@ const KEYS: &[Key] = &[
         validate: |v| parse_cidr(v).map(|_| ()),
     },
     Key {
+        name: "netmask",
+        secret: false,
+        validate: |v| parse_netmask(v).map(|_| ()),
+    },
+    Key {
         name: "gateway",
         secret: false,
         validate: |v| parse_ipv4(v).map(|_| ()),
@@ -100,6 +125,26 @@ const KEYS: &[Key] = &[
         name: "token",
         secret: true,
         validate: validate_token,
+    },
+    Key {
+        name: "vcenter",
+        secret: false,
+        validate: validate_mgmt,
+    },
+    Key {
+        name: "vcenter_user",
+        secret: false,
+        validate: validate_user,
+    },
+    Key {
+        name: "vcenter_password",
+        secret: true,
+        validate: validate_password,
+    },
+    Key {
+        name: "vcenter_thumbprint",
+        secret: false,
+        validate: |v| parse_thumbprint(v).map(|_| ()),
     },
     Key {
         name: "log",
@@ -143,23 +188,141 @@ pub struct Config {
     pub errors: Vec<String>,
     /// Set when a static network was asked for but cannot be applied.
     net_fallback: bool,
+    /// Where the OVF environment came from (`/dev/sr0`, `guestinfo.ovfEnv`).
+    ovf_env_origin: Option<String>,
+}
+
+/// The deployment-time sources read before the config is merged.
+#[derive(Debug, Clone, Default)]
+pub struct DeploySources {
+    /// An OVF environment document and its origin.
+    pub ovf_env: Option<EnvDocument>,
+    /// `guestinfo.ferry.<key>` values by key.
+    pub guestinfo: BTreeMap<String, String>,
+    /// Problems reading the sources.
+    pub errors: Vec<String>,
+}
+
+/// An `ovf-env.xml` document as read.
+#[derive(Debug, Clone)]
+pub struct EnvDocument {
+    pub origin: String,
+    pub bytes: Vec<u8>,
 }
 
 impl Config {
-    /// Reads the kernel command line and the state directory.
-    pub fn load(cmdline: &str, state_dir: &Path) -> Self {
-        let mut cfg = Config::default();
-        let path = state_dir.join(STATE_CONFIG_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => cfg.merge_state_json(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => cfg
-                .errors
-                .push(format!("state: cannot read {}: {e}", path.display())),
+    /// Reads every source, lowest precedence first.
+    pub fn load(cmdline: &str, state_dir: &Path, deploy: &DeploySources) -> Self {
+        let mut cfg = Config {
+            errors: deploy.errors.clone(),
+            ..Config::default()
+        };
+        for file in [STATE_CONFIG_FILE, STATE_SECRETS_FILE] {
+            let path = state_dir.join(file);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => cfg.merge_state_json(&text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => cfg
+                    .errors
+                    .push(format!("state: cannot read {}: {e}", path.display())),
+            }
+        }
+        cfg.merge_guestinfo(&deploy.guestinfo);
+        if let Some(env) = &deploy.ovf_env {
+            cfg.merge_ovf_env(&env.origin, &env.bytes);
         }
         cfg.merge_cmdline(cmdline);
         cfg.finish();
         cfg
+    }
+
+    /// Merges the properties of an OVF environment document. A document that
+    /// does not parse is reported and ignored as a whole.
+    pub fn merge_ovf_env(&mut self, origin: &str, doc: &[u8]) {
+        let env = match ferry_init::ovfenv::parse(doc) {
+            Ok(env) => env,
+            Err(e) => {
+                self.errors.push(format!(
+                    "ovf-env: {origin}: malformed ovf-env.xml ({e}); all its settings are ignored"
+                ));
+                return;
+            }
+        };
+        self.ovf_env_origin = Some(origin.to_string());
+        for (k, v) in &env.properties {
+            // Other products' properties may share the environment.
+            let Some(key) = k.strip_prefix(CMDLINE_PREFIX) else {
+                continue;
+            };
+            if v.trim().is_empty() {
+                continue;
+            }
+            self.set(Source::OvfEnv, key, v.trim());
+        }
+    }
+
+    /// Merges `guestinfo.ferry.<key>` values (keys without the prefix).
+    pub fn merge_guestinfo(&mut self, kv: &BTreeMap<String, String>) {
+        for (k, v) in kv {
+            if !v.trim().is_empty() {
+                self.set(Source::Guestinfo, k, v.trim());
+            }
+        }
+    }
+
+    /// Where the OVF environment came from, when one was used.
+    pub fn ovf_env_origin(&self) -> Option<&str> {
+        self.ovf_env_origin.as_deref()
+    }
+
+    /// Every key name, for reading guestinfo.
+    pub fn key_names() -> Vec<&'static str> {
+        KEYS.iter().map(|k| k.name).collect()
+    }
+
+    /// The secrets with a value, for `secrets.json`.
+    pub fn secrets(&self) -> BTreeMap<&'static str, String> {
+        KEYS.iter()
+            .filter(|k| k.secret)
+            .filter_map(|k| self.get(k.name).map(|e| (k.name, e.value.clone())))
+            .collect()
+    }
+
+    /// Writes the secrets to `<state_dir>/secrets.json` (0600, atomic) when
+    /// they differ from what is there. Returns whether the file changed.
+    pub fn persist_secrets(&self, state_dir: &Path) -> std::io::Result<bool> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = state_dir.join(STATE_SECRETS_FILE);
+        let secrets = self.secrets();
+        let old: BTreeMap<String, String> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let same = old.len() == secrets.len()
+            && secrets
+                .iter()
+                .all(|(k, v)| old.get(*k).is_some_and(|o| o == v));
+        if same {
+            return Ok(false);
+        }
+        let json = serde_json::to_vec(&secrets).map_err(std::io::Error::other)?;
+        let tmp = state_dir.join(format!("{STATE_SECRETS_FILE}.tmp"));
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        if let Ok(d) = std::fs::File::open(state_dir) {
+            let _ = d.sync_all();
+        }
+        Ok(true)
     }
 
     /// Merges `config.json` from the state directory (lower precedence than
@@ -251,10 +414,15 @@ impl Config {
         if self.net_fallback || self.value("net") == Some("dhcp") {
             return NetMode::Dhcp;
         }
-        match self.value("ip").and_then(|v| parse_cidr(v).ok()) {
+        let ip = self.value("ip");
+        let explicit_prefix = ip.is_some_and(|v| v.contains('/'));
+        match ip.and_then(|v| parse_cidr(v).ok()) {
             Some((address, prefix)) => NetMode::Static(StaticNet {
+                prefix: match self.value("netmask").and_then(|m| parse_netmask(m).ok()) {
+                    Some(p) if !explicit_prefix => p,
+                    _ => prefix,
+                },
                 address,
-                prefix,
                 gateway: self.value("gateway").and_then(|v| parse_ipv4(v).ok()),
             }),
             None => NetMode::Dhcp,
@@ -406,6 +574,46 @@ fn validate_mgmt(v: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("expected host[:port]".into())
+    }
+}
+
+fn validate_user(v: &str) -> Result<(), String> {
+    if !v.is_empty() && v.len() <= 256 && !v.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err("expected 1 to 256 characters without control characters".into())
+    }
+}
+
+fn validate_password(v: &str) -> Result<(), String> {
+    // Never echo any part of the value.
+    validate_user(v)
+}
+
+/// Parses `255.255.255.0` or `24` into a prefix length.
+pub fn parse_netmask(v: &str) -> Result<u8, String> {
+    if let Ok(p) = v.parse::<u8>() {
+        return if (1..=32).contains(&p) {
+            Ok(p)
+        } else {
+            Err(format!("prefix length {p} out of range 1..=32"))
+        };
+    }
+    let m = u32::from(parse_ipv4(v)?);
+    let ones = m.leading_ones();
+    if ones == 0 || m.checked_shl(ones).unwrap_or(0) != 0 {
+        return Err(format!("{v} is not a contiguous netmask"));
+    }
+    u8::try_from(ones).map_err(|_| "bad netmask".into())
+}
+
+/// Parses a SHA-256 thumbprint (64 hex digits, colons optional).
+pub fn parse_thumbprint(v: &str) -> Result<String, String> {
+    let hex: String = v.chars().filter(|c| *c != ':').collect();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex.to_ascii_lowercase())
+    } else {
+        Err("expected a SHA-256 thumbprint: 64 hex digits, colons optional".into())
     }
 }
 
@@ -586,5 +794,132 @@ mod tests {
         let cfg = load("", Some("[1,2"));
         assert_eq!(cfg.errors.len(), 1);
         assert_eq!(cfg.net_mode(), NetMode::Dhcp);
+    }
+
+    fn env_doc(props: &[(&str, &str)]) -> Vec<u8> {
+        let mut d = String::from(
+            r#"<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1"><PropertySection>"#,
+        );
+        for (k, v) in props {
+            d.push_str(&format!(r#"<Property oe:key="{k}" oe:value="{v}"/>"#));
+        }
+        d.push_str("</PropertySection></Environment>");
+        d.into_bytes()
+    }
+
+    #[test]
+    fn precedence_cmdline_ovfenv_guestinfo_state() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(STATE_CONFIG_FILE),
+            r#"{"hostname":"from-state","ntp":"ntp.state","dns":"10.0.0.53","log":"debug"}"#,
+        )
+        .unwrap();
+        let deploy = DeploySources {
+            ovf_env: Some(EnvDocument {
+                origin: "/dev/sr0".into(),
+                bytes: env_doc(&[
+                    ("ferry.hostname", "from-ovf"),
+                    ("ferry.ntp", "ntp.ovf"),
+                    ("ferry.net", "static"),
+                    ("ferry.ip", "192.0.2.10"),
+                    ("ferry.netmask", "255.255.255.128"),
+                    ("ferry.gateway", ""),
+                    ("ferry.vcenter_password", "pa ss"),
+                    ("other.product.key", "x"),
+                ]),
+            }),
+            guestinfo: BTreeMap::from([
+                ("hostname".to_string(), "from-guestinfo".to_string()),
+                ("ntp".to_string(), "ntp.guestinfo".to_string()),
+                ("dns".to_string(), "10.0.0.1".to_string()),
+            ]),
+            errors: Vec::new(),
+        };
+        let cfg = Config::load("ferry.hostname=from-cmdline", dir.path(), &deploy);
+        assert!(cfg.errors.is_empty(), "{:?}", cfg.errors);
+        let v = cfg.view();
+        assert_eq!(cfg.hostname(), "from-cmdline");
+        assert_eq!(v["hostname"].source, Source::Cmdline);
+        assert_eq!(v["ntp"].value.as_deref(), Some("ntp.ovf"));
+        assert_eq!(v["ntp"].source, Source::OvfEnv);
+        assert_eq!(v["dns"].source, Source::Guestinfo);
+        assert_eq!(v["log"].source, Source::State);
+        assert_eq!(v["gateway"].source, Source::Default, "empty means unset");
+        assert_eq!(v["vcenter_password"].value.as_deref(), Some("<redacted>"));
+        assert_eq!(
+            serde_json::to_value(v["ip"].source).unwrap(),
+            serde_json::json!("ovf-env")
+        );
+        assert_eq!(
+            cfg.net_mode(),
+            NetMode::Static(StaticNet {
+                address: Ipv4Addr::new(192, 0, 2, 10),
+                prefix: 25,
+                gateway: None,
+            })
+        );
+        assert_eq!(cfg.ovf_env_origin(), Some("/dev/sr0"));
+    }
+
+    #[test]
+    fn malformed_ovf_env_is_one_error_and_dhcp() {
+        let deploy = DeploySources {
+            ovf_env: Some(EnvDocument {
+                origin: "/dev/sr0".into(),
+                bytes: b"<Environment><PropertySection>".to_vec(),
+            }),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::load("", dir.path(), &deploy);
+        assert_eq!(cfg.errors.len(), 1, "{:?}", cfg.errors);
+        assert!(cfg.errors[0].contains("malformed ovf-env.xml"));
+        assert_eq!(cfg.net_mode(), NetMode::Dhcp);
+        assert_eq!(cfg.ovf_env_origin(), None);
+    }
+
+    #[test]
+    fn secrets_persist_0600_and_reload_as_state() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let deploy = DeploySources {
+            ovf_env: Some(EnvDocument {
+                origin: "/dev/sr0".into(),
+                bytes: env_doc(&[("ferry.token", "tok-123"), ("ferry.vcenter_password", "pw")]),
+            }),
+            ..Default::default()
+        };
+        let cfg = Config::load("", dir.path(), &deploy);
+        assert!(cfg.persist_secrets(dir.path()).unwrap());
+        assert!(!cfg.persist_secrets(dir.path()).unwrap(), "unchanged");
+        let p = dir.path().join(STATE_SECRETS_FILE);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Next boot without the CD: the secrets come from the state.
+        let again = Config::load("", dir.path(), &DeploySources::default());
+        assert_eq!(again.view()["token"].source, Source::State);
+        assert_eq!(again.secrets()["vcenter_password"], "pw");
+        let shown = format!("{:?} {:?}", again.view(), again.errors);
+        assert!(!shown.contains("tok-123") && !shown.contains("\"pw\""));
+    }
+
+    #[test]
+    fn netmasks_and_thumbprints() {
+        assert_eq!(parse_netmask("255.255.255.0"), Ok(24));
+        assert_eq!(parse_netmask("16"), Ok(16));
+        assert!(parse_netmask("255.0.255.0").is_err());
+        assert!(parse_netmask("0.0.0.0").is_err());
+        assert!(parse_netmask("33").is_err());
+        let t = "AB:".repeat(31) + "AB";
+        assert_eq!(parse_thumbprint(&t).unwrap(), "ab".repeat(32));
+        assert!(parse_thumbprint("abcd").is_err());
+        let cfg = load("ferry.ip=10.0.2.9/20 ferry.netmask=24", None);
+        assert!(matches!(
+            cfg.net_mode(),
+            NetMode::Static(StaticNet { prefix: 20, .. })
+        ));
     }
 }

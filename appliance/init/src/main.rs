@@ -11,20 +11,22 @@
 
 mod config;
 mod console;
+mod envsrc;
 mod modules;
 mod mount;
 mod net;
 mod shutdown;
 mod state;
+mod statefs;
 mod supervise;
 mod time;
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::config::{Config, STATE_DIR};
+use crate::config::{Config, DeploySources, EnvDocument, STATE_DIR};
 use crate::console::Console;
 use crate::shutdown::{fatal, Triggers};
 use crate::state::Published;
@@ -77,8 +79,40 @@ async fn run(console: Console) -> anyhow::Result<std::convert::Infallible> {
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let _ = std::fs::create_dir_all(STATE_DIR);
-    let cfg = Config::load(&cmdline, Path::new(STATE_DIR));
+
+    // Drivers first: the state partition and the OVF environment CD-ROM
+    // need the disk controllers.
+    let loaded = tokio::task::spawn_blocking(load_modules)
+        .await
+        .unwrap_or_default();
+    tracing::info!(
+        "loaded {} modules in {} ms",
+        loaded.len(),
+        t0.elapsed().as_millis()
+    );
+
+    // Booted by UEFI firmware means booted from the appliance disk, so its
+    // state partition exists: wait for the disk driver's probe. A direct
+    // kernel boot (tests) only looks once, briefly.
+    let efi = Path::new("/sys/firmware/efi").exists();
+    let state_wait = if efi {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_millis(200)
+    };
+    let state_info =
+        tokio::task::spawn_blocking(move || statefs::mount_state(STATE_DIR, state_wait))
+            .await
+            .unwrap_or_default();
+    let deploy = tokio::task::spawn_blocking(move || read_deploy_sources(efi))
+        .await
+        .unwrap_or_default();
+
+    let cfg = Config::load(&cmdline, Path::new(STATE_DIR), &deploy);
     console.set_level(cfg.log_level());
+    if let Some(origin) = cfg.ovf_env_origin() {
+        tracing::info!("config: OVF environment read from {origin}");
+    }
     for e in &cfg.errors {
         tracing::error!("config error: {e}");
     }
@@ -88,17 +122,14 @@ async fn run(console: Console) -> anyhow::Result<std::convert::Infallible> {
             cfg.errors.len()
         );
     }
+    match cfg.persist_secrets(Path::new(STATE_DIR)) {
+        Ok(true) => tracing::info!("config: secrets stored in the state directory (0600)"),
+        Ok(false) => {}
+        Err(e) => tracing::error!("config: cannot store the secrets: {e}"),
+    }
     let published = Published::new(&cfg);
-
-    let loaded = tokio::task::spawn_blocking(load_modules)
-        .await
-        .unwrap_or_default();
-    tracing::info!(
-        "loaded {} modules in {} ms",
-        loaded.len(),
-        t0.elapsed().as_millis()
-    );
     published.modules(loaded);
+    published.state_fs(state_info);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let env = AgentEnv {
@@ -149,10 +180,66 @@ fn no_core_dumps() {
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
 }
 
+/// Reads the OVF environment (CD-ROM first, then `guestinfo.ovfEnv`) and
+/// the `guestinfo.ferry.*` keys. Never fails: problems become config errors.
+fn read_deploy_sources(efi: bool) -> DeploySources {
+    let mut out = DeploySources::default();
+    // The CD-ROM is probed with the disk; on a direct kernel boot there is
+    // rarely one, so only a short look.
+    let cd_wait = if efi {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(100)
+    };
+    let cds = envsrc::cdroms(cd_wait);
+    match envsrc::read_cdrom(&cds) {
+        Some(Ok(doc)) => {
+            out.ovf_env = Some(EnvDocument {
+                origin: doc.origin,
+                bytes: doc.bytes,
+            })
+        }
+        Some(Err(e)) => out.errors.push(format!("ovf-env: {e:#}")),
+        None => {}
+    }
+    let gi = envsrc::read_guestinfo(&Config::key_names());
+    if gi.vmware {
+        tracing::info!(
+            "guestinfo: VMware detected; guestinfo.ovfEnv {}, {} guestinfo.ferry.* key(s)",
+            if gi.ovf_env.is_some() {
+                "set"
+            } else {
+                "not set"
+            },
+            gi.keys.len()
+        );
+    }
+    if let Some(e) = gi.error {
+        out.errors.push(format!("guestinfo: {e}"));
+    }
+    if out.ovf_env.is_none() {
+        out.ovf_env = gi.ovf_env.map(|bytes| EnvDocument {
+            origin: "guestinfo.ovfEnv".into(),
+            bytes,
+        });
+    }
+    out.guestinfo = gi.keys;
+    out
+}
+
+/// Disk and CD-ROM drivers that must be present before their devices are
+/// discovered (SCSI devices appear asynchronously, after the hardware scan).
+const ALWAYS_MODULES: &[&str] = &["sd_mod", "sr_mod"];
+
 fn load_modules() -> Vec<String> {
     match modules::ModuleIndex::for_running_kernel() {
         Ok(index) => {
             let mut loader = modules::Loader::new(index);
+            for m in ALWAYS_MODULES {
+                if let Err(e) = loader.load(m) {
+                    tracing::warn!("{e:#}");
+                }
+            }
             loader.load_for_hardware();
             loader.inserted
         }

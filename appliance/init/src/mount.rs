@@ -97,11 +97,45 @@ pub fn mount_early() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Unmounts the early filesystems in reverse order. Returns the targets that
-/// could only be detached lazily (still busy), so the caller can say whether
-/// the unmount was clean.
+/// Filesystems mounted after the early ones (the state partition), in mount
+/// order; unmounted first at shutdown.
+static EXTRA: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Records a mount that [`unmount_all`] must undo.
+pub fn register_extra(target: &str) {
+    EXTRA
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(target.to_string());
+}
+
+/// Unmounts the extra filesystems (newest first), then the early ones in
+/// reverse order. Returns the targets that could only be detached lazily
+/// (still busy), so the caller can say whether the unmount was clean.
 pub fn unmount_all() -> Vec<String> {
     let mut busy = Vec::new();
+    let extra: Vec<String> = std::mem::take(&mut *EXTRA.lock().unwrap_or_else(|e| e.into_inner()));
+    nix::unistd::sync();
+    for target in extra.iter().rev() {
+        match umount2(target.as_str(), MntFlags::empty()) {
+            Ok(()) => tracing::info!("unmounted {target}"),
+            Err(e) => {
+                tracing::warn!("{target} is busy ({e}); remounting it read-only and detaching it");
+                for user in open_files_under(target) {
+                    tracing::warn!("  still open: {user}");
+                }
+                let _ = mount(
+                    None::<&str>,
+                    target.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                );
+                let _ = umount2(target.as_str(), MntFlags::MNT_DETACH);
+                busy.push(target.clone());
+            }
+        }
+    }
     for m in early_mounts().iter().rev() {
         if !is_mounted(m.target) {
             continue;

@@ -55,6 +55,7 @@ struct Doc {
     network: NetState,
     time: TimeState,
     agent: AgentState,
+    state_fs: crate::statefs::StateInfo,
 }
 
 /// Shared handle to the published document.
@@ -101,6 +102,10 @@ impl Published {
 
     pub fn agent(&self, f: impl FnOnce(&mut AgentState)) {
         self.update(|d| f(&mut d.agent));
+    }
+
+    pub fn state_fs(&self, info: crate::statefs::StateInfo) {
+        self.update(|d| d.state_fs = info);
     }
 
     pub fn modules(&self, loaded: Vec<String>) {
