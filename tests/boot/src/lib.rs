@@ -7,6 +7,8 @@
 //! Nothing is skipped silently: a missing QEMU or missing artifacts fail the
 //! test with the command that fixes it.
 
+pub mod ova;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -73,12 +75,24 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// How to boot.
 #[derive(Debug, Clone)]
 pub struct BootOpts {
-    /// Extra kernel command line words (`ferry.*`).
+    /// Extra kernel command line words (`ferry.*`); direct kernel boot only.
     pub cmdline: String,
-    /// QEMU NIC model: `e1000` (VMware-like) or `virtio-net-pci`.
+    /// QEMU NIC model: `e1000` (VMware-like), `vmxnet3` or `virtio-net-pci`.
     pub nic: &'static str,
     /// Guest address the host port forwards to.
     pub guest_ip: String,
+    /// Boot the appliance disk through OVMF instead of the kernel directly.
+    pub disk: Option<DiskBoot>,
+}
+
+/// Booting the appliance's VMDK the way vCenter does: UEFI firmware, the
+/// disk as the only disk, and optionally a CD-ROM (the OVF environment ISO).
+#[derive(Debug, Clone)]
+pub struct DiskBoot {
+    pub vmdk: PathBuf,
+    pub cdrom: Option<PathBuf>,
+    /// Memory in MiB (the OVF asks for 2048).
+    pub memory_mib: u32,
 }
 
 impl Default for BootOpts {
@@ -87,9 +101,15 @@ impl Default for BootOpts {
             cmdline: String::new(),
             nic: "e1000",
             guest_ip: "10.0.2.15".into(),
+            disk: None,
         }
     }
 }
+
+/// OVMF from Debian's `ovmf`: the firmware code and the variable store
+/// template (each VM gets its own copy of the variables).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 
 /// A running appliance VM.
 #[derive(Debug)]
@@ -109,20 +129,61 @@ impl Vm {
         let console = dir.path().join("console.log");
         let qmp = dir.path().join("qmp.sock");
         let port = free_port()?;
-        let append = format!(
-            "console=ttyS0,115200 quiet panic=-1 ferry.debug=1 {}",
-            opts.cmdline
-        );
         let mut cmd = Command::new(QEMU);
-        cmd.args(["-accel", "tcg", "-m", "512", "-smp", "1", "-no-reboot"])
-            .args(["-display", "none", "-vga", "none", "-monitor", "none"])
-            .arg("-kernel")
-            .arg(art.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(art.join("initramfs.cpio.zst"))
-            .arg("-append")
-            .arg(append.trim())
-            .arg("-serial")
+        cmd.args(["-accel", "tcg", "-smp", "1"])
+            .args(["-display", "none", "-vga", "none", "-monitor", "none"]);
+        match &opts.disk {
+            None => {
+                let append = format!(
+                    "console=ttyS0,115200 quiet panic=-1 ferry.debug=1 {}",
+                    opts.cmdline
+                );
+                cmd.args(["-m", "512", "-no-reboot"])
+                    .arg("-kernel")
+                    .arg(art.join("vmlinuz"))
+                    .arg("-initrd")
+                    .arg(art.join("initramfs.cpio.zst"))
+                    .arg("-append")
+                    .arg(append.trim());
+            }
+            Some(d) => {
+                for f in [OVMF_CODE, OVMF_VARS] {
+                    if !Path::new(f).exists() {
+                        bail!("{f} is missing: apt-get install -y ovmf (boot tests never skip)");
+                    }
+                }
+                let vars = dir.path().join("OVMF_VARS.fd");
+                std::fs::copy(OVMF_VARS, &vars).context("copy the OVMF variable store")?;
+                // QEMU appends grains to a streamOptimized VMDK but cannot
+                // rewrite them, so the guest's writes go to a temporary
+                // overlay (snapshot=on) that lives as long as this QEMU
+                // process, across guest reboots: like vCenter, which turns
+                // the OVA's disk into a writable one at import.
+                cmd.args(["-m", &d.memory_mib.to_string()])
+                    .args(["-machine", "pc"])
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        vars.display()
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "file={},format=vmdk,if=ide,index=0,media=disk,snapshot=on",
+                        d.vmdk.display()
+                    ));
+                if let Some(iso) = &d.cdrom {
+                    cmd.arg("-drive").arg(format!(
+                        "file={},format=raw,if=ide,index=2,media=cdrom,readonly=on",
+                        iso.display()
+                    ));
+                }
+            }
+        }
+        cmd.arg("-serial")
             .arg(format!("file:{}", console.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
@@ -551,6 +612,43 @@ impl Drop for SntpServer {
             let _ = t.join();
         }
     }
+}
+
+impl Vm {
+    /// Presses Ctrl-Alt-Del on the guest's keyboard (init reboots cleanly).
+    pub fn ctrl_alt_del(&self) -> anyhow::Result<()> {
+        let keys = serde_json::json!({ "keys": [
+            { "type": "qcode", "data": "ctrl" },
+            { "type": "qcode", "data": "alt" },
+            { "type": "qcode", "data": "delete" }
+        ]});
+        let r = self.qmp_args("send-key", keys)?;
+        if r.get("error").is_some() {
+            bail!("send-key: {r}");
+        }
+        Ok(())
+    }
+}
+
+/// Writes an ISO 9660 image (with Rock Ridge and Joliet names, like the
+/// one vCenter attaches) holding `files`, with xorriso.
+pub fn make_iso(iso: &Path, files: &[(&str, &[u8])]) -> anyhow::Result<()> {
+    let src = tempfile::tempdir()?;
+    for (name, data) in files {
+        std::fs::write(src.path().join(name), data)?;
+    }
+    let out = Command::new("xorriso")
+        .args([
+            "-as", "mkisofs", "-quiet", "-R", "-J", "-V", "OVF ENV", "-o",
+        ])
+        .arg(iso)
+        .arg(src.path())
+        .output()
+        .context("run xorriso (apt-get install xorriso)")?;
+    if !out.status.success() {
+        bail!("xorriso failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// Reads `manifest.json` written by ferry-image.

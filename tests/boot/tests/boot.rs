@@ -148,6 +148,7 @@ fn static_address_and_sntp_from_cmdline() {
         cmdline: "ferry.ip=10.0.2.50/24 ferry.gateway=10.0.2.2 ferry.dns=10.0.2.3 ferry.hostname=ferry-static ferry.ntp=10.0.2.2".into(),
         nic: "virtio-net-pci",
         guest_ip: "10.0.2.50".into(),
+        disk: None,
     };
     let mut vm = Vm::boot(&opts).unwrap();
     let ready = vm.wait_console(READY, BOOT_TIMEOUT).unwrap();
