@@ -392,7 +392,14 @@ async fn job_progress(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Re
     let stream = match ctx.agent.jobs.follow(&id) {
         None => return fail(StatusCode::NOT_FOUND, format!("no job {id:?}")),
         Some(Follow::Done(r)) => Body::from(line(&ProgressEvent::Done(*r))),
-        Some(Follow::Running(rx)) => {
+        Some(Follow::Running(plan, rx)) => {
+            // The job's own `started` event may have gone out before this subscription.
+            let first = line(&ProgressEvent::Started {
+                job_id: id.clone(),
+                plan,
+                vms: Vec::new(),
+            });
+            let head = futures::stream::once(async move { Ok::<_, Infallible>(first) });
             let s = futures::stream::unfold(Some(rx), |rx| async move {
                 let mut rx = rx?;
                 loop {
@@ -409,7 +416,7 @@ async fn job_progress(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Re
                     }
                 }
             });
-            Body::from_stream(s)
+            Body::from_stream(futures::StreamExt::chain(head, s))
         }
     };
     ([(header::CONTENT_TYPE, "application/x-ndjson")], stream).into_response()

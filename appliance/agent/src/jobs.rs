@@ -42,8 +42,8 @@ fn read_all(path: &std::path::Path) -> Vec<JobRecord> {
 /// What following a job gives.
 #[derive(Debug)]
 pub enum Follow {
-    /// Still running: its events.
-    Running(broadcast::Receiver<ProgressEvent>),
+    /// Still running: its plan and events.
+    Running(String, broadcast::Receiver<ProgressEvent>),
     /// Already finished.
     Done(Box<JobRecord>),
 }
@@ -120,8 +120,8 @@ impl JobStore {
         if let Some(r) = g.done.get(id) {
             return Some(Follow::Done(Box::new(r.clone())));
         }
-        if let Some((_, tx)) = g.running.get(id) {
-            return Some(Follow::Running(tx.subscribe()));
+        if let Some((plan, tx)) = g.running.get(id) {
+            return Some(Follow::Running(plan.clone(), tx.subscribe()));
         }
         drop(g);
         read_all(&self.path)
@@ -182,11 +182,6 @@ impl Agent {
                 return;
             }
             tracing::info!("plan {}: job {job} started ({trigger:?})", rec.plan);
-            let _ = tx.send(ProgressEvent::Started {
-                job_id: job.clone(),
-                plan: rec.plan.clone(),
-                vms: Vec::new(),
-            });
             let events: ferry_jobs::Events = {
                 let tx = tx.clone();
                 Arc::new(move |e| {

@@ -246,12 +246,8 @@ async fn one_vm(
                             d.name
                         ));
                     }
-                    DiskRead::Full { reason: Some(why) } => {
-                        r.notes.push(format!("{}: full read ({why})", d.name));
-                    }
-                    DiskRead::Full { reason: None } => {
-                        r.notes.push(format!("{}: full read", d.name));
-                    }
+                    // The report's notes already say why a read was full.
+                    DiskRead::Full { .. } => {}
                 }
             }
         }
