@@ -260,8 +260,8 @@ fn addresses() -> Vec<Value> {
     out
 }
 
-fn body<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, Response> {
-    parse_body(b).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))
+fn body<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, String> {
+    parse_body(b).map_err(|e| e.to_string())
 }
 
 async fn pair_csr(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
@@ -270,7 +270,7 @@ async fn pair_csr(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
     }
     let req: PairCsrRequest = match body(&b) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
     if !ctx.agent.check_pairing_code(&req.code) {
         return fail(StatusCode::FORBIDDEN, "wrong pairing code");
@@ -287,7 +287,7 @@ async fn pair_complete(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
     }
     let req: PairCompleteRequest = match body(&b) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
     if !ctx.agent.check_pairing_code(&req.code) {
         return fail(StatusCode::FORBIDDEN, "wrong pairing code");
@@ -305,7 +305,7 @@ async fn plans_list(State(ctx): State<Arc<Ctx>>) -> Response {
 async fn plan_put(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>, b: Bytes) -> Response {
     let push: PlanPush = match body(&b) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
     if let Err(e) = push.plan.validate() {
         return fail(StatusCode::UNPROCESSABLE_ENTITY, format!("plan {e}"));
@@ -425,7 +425,7 @@ async fn job_progress(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Re
 async fn license_put(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
     let l: License = match body(&b) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
     match ctx.agent.license.install(l) {
         Ok(s) => {

@@ -38,6 +38,9 @@ fn sql(e: rusqlite::Error) -> MgmtError {
     MgmtError::Db(e.to_string())
 }
 
+/// A stored plan: (name, push JSON, updated, pushed).
+pub type PlanRow = (String, String, i64, Option<i64>);
+
 /// The database.
 #[derive(Debug)]
 pub struct Db(Mutex<Connection>);
@@ -321,7 +324,7 @@ impl Db {
     }
 
     /// Plans of an agent: (name, body, updated, pushed).
-    pub fn plans(&self, agent: &str) -> Result<Vec<(String, String, i64, Option<i64>)>, MgmtError> {
+    pub fn plans(&self, agent: &str) -> Result<Vec<PlanRow>, MgmtError> {
         let c = self.c();
         let mut st = c
             .prepare(
