@@ -18,4 +18,5 @@ if ! apt-cache depends linux-image-amd64 2>/dev/null | grep -q 'Depends: linux-i
 fi
 
 cargo run -q -p ferry-image -- --enforce-size
-exec cargo test -p ferry-boot-tests -- --ignored --test-threads=1 --nocapture "$@"
+# The OVMF/OVA boot tests (tests/boot/tests/ova.rs) run from tests/slow/ova.sh.
+exec cargo test -p ferry-boot-tests --test boot -- --ignored --test-threads=1 --nocapture "$@"
