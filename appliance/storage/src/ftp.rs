@@ -1,18 +1,28 @@
-//! The FTP backend: `ftp://user@host:port/path` and `ftps://…` (explicit TLS, `AUTH TLS`).
+//! The FTP backend: `ftp://user@host:port/path`, `ftps://…` (explicit TLS, `AUTH TLS`), and
+//! `ftps-implicit://…` (implicit TLS from the first byte, port 990 by default; also
+//! `ftps://…?implicit=1`).
 //!
 //! suppaftp on tokio, with rustls on ring for FTPS (roots from `ca=` / `FERRY_STORE_CA_FILE`
 //! or the system bundle; the certificate must match the host name). Passive mode, binary type.
+//! Data connections are protected too (`PBSZ 0`, `PROT P`) in both TLS modes.
 //!
 //! - **Atomic put:** `STOR .tmp-<random>`, then `RNFR`/`RNTO` onto the key; servers on POSIX
 //!   (vsftpd, pyftpdlib, proftpd) replace an existing target atomically with rename(2).
+//! - **Resume (`REST`):** when a data connection or the control connection drops in the
+//!   middle of a transfer, the backend reconnects and continues where it stopped, up to
+//!   [`RESUME_ATTEMPTS`] times per operation, before the error reaches the retry layer
+//!   (which starts the operation over). An upload asks the server for the `SIZE` of its
+//!   temporary and sends `REST n` + `STOR` of the rest into the *same* temporary, then
+//!   renames it: the object still appears only whole. A download sends `REST n` + `RETR` and
+//!   appends. Resuming never makes a partial object visible: the target name is only ever
+//!   written by the rename.
 //! - **put_new:** FTP has no create-if-absent: `SIZE`, then put. Two writers of the same key
 //!   race harmlessly for the archive (content-addressed chunks; `config` is written once).
 //! - **Connections:** a pool of up to `connections=N` (default 4) logged-in control
 //!   connections; one that failed is dropped, and the retry layer retries on a new one.
 //!   421/425/426/450/451 and dropped data connections are transient.
-//! - **Not yet:** implicit FTPS (port 990; suppaftp has it only behind its `deprecated`
-//!   feature), and resuming a partial `STOR` with `REST` (objects are at most a chunk or an
-//!   index, so a failed upload is simply sent again).
+//! - **Not done:** resuming across a restart of the whole operation (a new attempt of the
+//!   retry layer uses a new temporary name; the abandoned one stays hidden from `list`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -25,8 +35,8 @@ use suppaftp::tokio::{
     AsyncFtpStream, AsyncRustlsConnector, AsyncRustlsFtpStream, ImplAsyncFtpStream, TokioTlsStream,
 };
 use suppaftp::types::FileType;
-use suppaftp::FtpError;
-use tokio::io::AsyncReadExt;
+use suppaftp::{FtpError, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::limit::Backend;
 use crate::{validate_key, ObjectInfo, Store, StoreError, StoreOptions};
@@ -54,6 +64,7 @@ pub struct FtpStore {
     password: String,
     root: String,
     tls: Option<Arc<rustls::ClientConfig>>,
+    implicit: bool,
     location: String,
     idle: Mutex<Vec<Conn>>,
     max_idle: usize,
@@ -112,43 +123,81 @@ fn ftp_err(op: &'static str, key: &str, e: FtpError) -> StoreError {
     }
 }
 
-async fn put_on<T: TokioTlsStream + Send>(
+/// Reconnect-and-continue rounds of one transfer before the error goes to the retry layer.
+pub const RESUME_ATTEMPTS: u32 = 3;
+
+/// `STOR` of `data[offset..]` into `tmp`, with `REST offset` first when resuming.
+async fn store_from<T: TokioTlsStream + Send>(
     ftp: &mut ImplAsyncFtpStream<T>,
     tmp: &str,
-    path: &str,
     key: &str,
     data: &[u8],
+    offset: usize,
 ) -> Result<(), StoreError> {
-    let mut reader = data;
-    if let Err(e) = ftp.put_file(tmp, &mut reader).await {
-        return Err(ftp_err("store", key, e));
+    let cut = |e: std::io::Error| StoreError::Transient {
+        op: "store",
+        key: key.to_string(),
+        detail: format!("data connection: {e}"),
+    };
+    if offset > 0 {
+        ftp.resume_transfer(offset)
+            .await
+            .map_err(|e| ftp_err("store", key, e))?;
     }
-    if let Err(e) = ftp.rename(tmp, path).await {
-        let _ = ftp.rm(tmp).await;
-        return Err(ftp_err("rename", key, e));
+    let mut s = ftp
+        .put_with_stream(tmp)
+        .await
+        .map_err(|e| ftp_err("store", key, e))?;
+    let wrote = async {
+        s.write_all(&data[offset..]).await?;
+        s.flush().await
     }
-    Ok(())
+    .await;
+    if let Err(e) = wrote {
+        // The server may already have answered 426; read it if it is there.
+        let _ = s.finish().await;
+        return Err(cut(e));
+    }
+    s.finish().await.map_err(|e| ftp_err("store", key, e))
 }
 
-async fn get_on<T: TokioTlsStream + Send>(
+/// `RETR` of `path` from `buf.len()` on (with `REST` when resuming), appending to `buf`.
+async fn retr_into<T: TokioTlsStream + Send>(
     ftp: &mut ImplAsyncFtpStream<T>,
     path: &str,
     key: &str,
-) -> Result<Vec<u8>, StoreError> {
+    buf: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    if !buf.is_empty() {
+        ftp.resume_transfer(buf.len())
+            .await
+            .map_err(|e| ftp_err("get", key, e))?;
+    }
     let mut s = ftp
         .retr_as_stream(path)
         .await
         .map_err(|e| ftp_err("get", key, e))?;
-    let mut buf = Vec::new();
-    let read = s.read_to_end(&mut buf).await;
+    let read = s.read_to_end(buf).await;
     let fin = s.finish().await;
     read.map_err(|e| StoreError::Transient {
         op: "get",
         key: key.to_string(),
         detail: format!("data connection: {e}"),
     })?;
-    fin.map_err(|e| ftp_err("get", key, e))?;
-    Ok(buf)
+    fin.map_err(|e| ftp_err("get", key, e))
+}
+
+async fn rename_on<T: TokioTlsStream + Send>(
+    ftp: &mut ImplAsyncFtpStream<T>,
+    tmp: &str,
+    path: &str,
+    key: &str,
+) -> Result<(), StoreError> {
+    if let Err(e) = ftp.rename(tmp, path).await {
+        let _ = ftp.rm(tmp).await;
+        return Err(ftp_err("rename", key, e));
+    }
+    Ok(())
 }
 
 impl FtpStore {
@@ -161,9 +210,16 @@ impl FtpStore {
                     .into(),
             ));
         }
+        let mut implicit = url.scheme() == "ftps-implicit"
+            || url
+                .query_pairs()
+                .any(|(k, v)| k == "implicit" && matches!(&*v, "1" | "true" | "yes" | "on"));
         let tls = match url.scheme() {
-            "ftp" => None,
-            "ftps" => Some(Arc::new(crate::s3::tls_config(
+            "ftp" => {
+                implicit = false;
+                None
+            }
+            "ftps" | "ftps-implicit" => Some(Arc::new(crate::s3::tls_config(
                 opts.secrets.ca_file.as_deref(),
             )?)),
             s => return Err(StoreError::BadLocation(format!("not an FTP scheme: {s}"))),
@@ -173,7 +229,7 @@ impl FtpStore {
             .filter(|h| !h.is_empty())
             .ok_or_else(|| StoreError::BadLocation("ftp:// URL without a host".into()))?
             .to_string();
-        let port = url.port().unwrap_or(21);
+        let port = url.port().unwrap_or(if implicit { 990 } else { 21 });
         let user = if url.username().is_empty() {
             "anonymous".to_string()
         } else {
@@ -188,7 +244,7 @@ impl FtpStore {
                         StoreError::BadLocation(format!("bad connections value {v:?}"))
                     })?;
                 }
-                "parallel" | "bwlimit" | "retries" | "timeout" | "probe" | "ca" => {}
+                "parallel" | "bwlimit" | "retries" | "timeout" | "probe" | "ca" | "implicit" => {}
                 other => {
                     return Err(StoreError::BadLocation(format!(
                         "unknown ftp:// parameter {other:?}"
@@ -198,8 +254,14 @@ impl FtpStore {
         }
         let path = url.path().trim_end_matches('/');
         let root = if path.is_empty() { "/" } else { path }.to_string();
+        let scheme = if implicit {
+            "ftps-implicit"
+        } else {
+            url.scheme()
+        };
         Ok(FtpStore {
-            location: format!("{}://{user}@{host}:{port}{root}", url.scheme()),
+            location: format!("{scheme}://{user}@{host}:{port}{root}"),
+            implicit,
             host,
             port,
             user,
@@ -221,6 +283,21 @@ impl FtpStore {
                     .await
                     .map_err(|e| ftp_err("connect", &loc, e))?,
             ),
+            Some(cfg) if self.implicit => {
+                let connector =
+                    AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(cfg.clone()));
+                let secure =
+                    AsyncRustlsFtpStream::connect_secure_implicit(addr, connector, &self.host)
+                        .await
+                        .map_err(|e| match e {
+                            FtpError::SecureError(m) => StoreError::Auth {
+                                location: loc.clone(),
+                                detail: format!("TLS: {m}"),
+                            },
+                            e => ftp_err("connect", &loc, e),
+                        })?;
+                Conn::Tls(secure)
+            }
             Some(cfg) => {
                 let plain = AsyncRustlsFtpStream::connect(addr)
                     .await
@@ -252,6 +329,16 @@ impl FtpStore {
                 .await
                 .map_err(|e| ftp_err("type", &loc, e))?;
         });
+        if let (true, Conn::Tls(f)) = (self.implicit, &mut conn) {
+            // into_secure() does this for explicit TLS; implicit mode must ask for protected
+            // data connections itself.
+            f.custom_command("PBSZ 0", &[Status::CommandOk])
+                .await
+                .map_err(|e| ftp_err("PBSZ", &loc, e))?;
+            f.custom_command("PROT P", &[Status::CommandOk])
+                .await
+                .map_err(|e| ftp_err("PROT", &loc, e))?;
+        }
         Ok(conn)
     }
 
@@ -351,6 +438,60 @@ impl FtpStore {
         }
     }
 
+    /// Uploads `data` into `tmp`, resuming with `REST` after a dropped connection.
+    async fn upload(
+        &self,
+        c: &mut Conn,
+        tmp: &str,
+        key: &str,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut offset = 0usize;
+        let mut round = 0;
+        loop {
+            let r = on!(&mut *c, f => store_from(f, tmp, key, data, offset).await);
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && round < RESUME_ATTEMPTS => {
+                    round += 1;
+                    *c = self.connect().await?;
+                    // What reached the server survives in the temporary: continue after it.
+                    let have = match on!(&mut *c, f => f.size(tmp).await) {
+                        Ok(n) if n <= data.len() => n,
+                        _ => 0,
+                    };
+                    tracing::info!(
+                        store = %self.location, key, round, offset = have,
+                        "upload interrupted ({e}); resuming with REST"
+                    );
+                    offset = have;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Downloads `path`, resuming with `REST` after a dropped connection.
+    async fn download(&self, c: &mut Conn, path: &str, key: &str) -> Result<Vec<u8>, StoreError> {
+        let mut buf = Vec::new();
+        let mut round = 0;
+        loop {
+            let r = on!(&mut *c, f => retr_into(f, path, key, &mut buf).await);
+            match r {
+                Ok(()) => return Ok(buf),
+                Err(e) if e.is_transient() && round < RESUME_ATTEMPTS => {
+                    round += 1;
+                    tracing::info!(
+                        store = %self.location, key, round, offset = buf.len(),
+                        "download interrupted ({e}); resuming with REST"
+                    );
+                    *c = self.connect().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn put_inner(&self, key: &str, data: Bytes, only_new: bool) -> Result<bool, StoreError> {
         validate_key(key)?;
         let path = self.full(key);
@@ -366,7 +507,8 @@ impl FtpStore {
             if !dir.is_empty() {
                 self.ensure_dir(&mut c, &dir).await?;
             }
-            on!(&mut c, f => put_on(f, &tmp, &path, key, &data).await)?;
+            self.upload(&mut c, &tmp, key, &data).await?;
+            on!(&mut c, f => rename_on(f, &tmp, &path, key).await)?;
             Ok(true)
         }
         .await;
@@ -395,11 +537,13 @@ impl Store for FtpStore {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         validate_key(key)?;
         let path = self.full(key);
-        let key = key.to_string();
-        let data = self
-            .with(move |c| Box::pin(async move { on!(c, f => get_on(f, &path, &key).await) }))
-            .await?;
-        Ok(Bytes::from(data))
+        let mut c = self.take().await?;
+        let r = self.download(&mut c, &path, key).await;
+        match &r {
+            Err(e) if e.is_transient() => {}
+            _ => self.give_back(c),
+        }
+        Ok(Bytes::from(r?))
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {

@@ -347,7 +347,7 @@ fn open_remote(
             &opts,
         ))),
         #[cfg(feature = "ftp")]
-        "ftp" | "ftps" => Ok(std::sync::Arc::new(Limited::new(
+        "ftp" | "ftps" | "ftps-implicit" => Ok(std::sync::Arc::new(Limited::new(
             ftp::FtpStore::open(&url, &opts)?,
             &opts,
         ))),
@@ -365,7 +365,7 @@ fn open_remote(
             "unsupported storage scheme {other}:// (this build supports: file{}{}{}{})",
             if cfg!(feature = "sftp") { ", sftp" } else { "" },
             if cfg!(feature = "ftp") {
-                ", ftp, ftps"
+                ", ftp, ftps, ftps-implicit"
             } else {
                 ""
             },

@@ -133,3 +133,90 @@ async fn server_killed_mid_backup_then_restarted() {
         sha256_file(&disk)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_cycle_on_implicit_ftps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = self_signed(dir.path(), "srv", &["localhost", "127.0.0.1"]);
+    let root = dir.path().join("ftproot");
+    let ftpd = Ftpd::start_with(&root, Some((&cert, &key)), 0, &["--implicit"]);
+    let mut o = ftpd.options();
+    o.secrets.ca_file = Some(ca.clone());
+    let store = open_store_with(&ftpd.url("ftps-implicit", "localhost", "/repo"), o).unwrap();
+    assert!(store.location().starts_with("ftps-implicit://"));
+    store.check().await.unwrap();
+    full_cycle(store, dir.path(), 16 << 20).await;
+    assert!(root.join("repo/config").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_ftps_refuses_a_mismatched_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = self_signed(dir.path(), "other", &["other.example"]);
+    let ftpd = Ftpd::start_with(
+        &dir.path().join("root"),
+        Some((&cert, &key)),
+        0,
+        &["--implicit"],
+    );
+    let mut o = ftpd.options();
+    o.secrets.ca_file = Some(ca.clone());
+    o.retries = 0;
+    // The same server through ftps://…?implicit=1.
+    let url = ftpd.url("ftps", "localhost", "/repo") + "?implicit=1";
+    let store = open_store_with(&url, o).unwrap();
+    let e = store.check().await.unwrap_err();
+    assert!(matches!(e, StoreError::Auth { .. }), "{e:?}");
+    assert!(e.to_string().contains("TLS"), "{e}");
+}
+
+/// Every third transfer loses its data and control connections after 200 kB. With no
+/// retries at all in the retry layer, only REST resume can finish the uploads and downloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_transfers_resume_with_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ftpd = Ftpd::start_with(&root, None, 0, &["--cut-data", "200000", "3"]);
+    let mut o = ftpd.options();
+    o.retries = 0;
+    o.probe = false;
+    let store = open_store_with(&ftpd.url("ftp", "127.0.0.1", "/r"), o).unwrap();
+    let blob = |i: u8| -> Vec<u8> {
+        (0..700_000u32)
+            .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
+            .collect()
+    };
+    for i in 0..9u8 {
+        let key = format!("k/{i}");
+        store.put(&key, Bytes::from(blob(i))).await.unwrap();
+        assert_eq!(
+            store.get(&key).await.unwrap(),
+            Bytes::from(blob(i)),
+            "{key}"
+        );
+    }
+    // Whole objects only, and no temporaries left behind by the resumed uploads.
+    for i in 0..9u8 {
+        assert_eq!(
+            std::fs::read(root.join(format!("r/k/{i}"))).unwrap(),
+            blob(i)
+        );
+    }
+    let names: Vec<String> = std::fs::read_dir(root.join("r/k"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
+    // A backup through the same faults, then verify and restore.
+    let repo = Repository::init(store.clone(), 1 << 20, 3).await.unwrap();
+    let disk = dir.path().join("disk.raw");
+    ferry_testkit::MixedDisk::new(16 << 20, 7)
+        .write(&disk)
+        .unwrap();
+    let m = backup(&repo, &disk).await.unwrap();
+    verify_ok(&repo).await;
+    assert_eq!(
+        restore_sha(&repo, &m, &dir.path().join("out")).await,
+        sha256_file(&disk)
+    );
+}

@@ -552,6 +552,16 @@ pub fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf,
 impl Ftpd {
     /// pyftpdlib under Debian's python, serving `root`, optionally with explicit TLS.
     pub fn start(root: &Path, tls: Option<(&Path, &Path)>, drop_every: u32) -> Ftpd {
+        Self::start_with(root, tls, drop_every, &[])
+    }
+
+    /// Like [`Ftpd::start`], with more `ftpd.py` arguments (`--implicit`, `--cut-data B N`).
+    pub fn start_with(
+        root: &Path,
+        tls: Option<(&Path, &Path)>,
+        drop_every: u32,
+        extra: &[&str],
+    ) -> Ftpd {
         let py = "/usr/bin/python3";
         let have = |py: &str| {
             Command::new(py)
@@ -593,6 +603,7 @@ impl Ftpd {
         if drop_every > 0 {
             cmd.extend(["--drop-data".into(), drop_every.to_string()]);
         }
+        cmd.extend(extra.iter().map(|a| a.to_string()));
         Ftpd {
             proc: Proc::spawn(cmd, port),
         }
