@@ -93,6 +93,9 @@ pub struct DiskBoot {
     pub cdrom: Option<PathBuf>,
     /// Memory in MiB (the OVF asks for 2048).
     pub memory_mib: u32,
+    /// QEMU's emulation of the VMware backdoor port (`-machine vmport=`):
+    /// the appliance must not touch it unless CPUID says VMware.
+    pub vmport: bool,
 }
 
 impl Default for BootOpts {
@@ -160,7 +163,12 @@ impl Vm {
                 // process, across guest reboots: like vCenter, which turns
                 // the OVA's disk into a writable one at import.
                 cmd.args(["-m", &d.memory_mib.to_string()])
-                    .args(["-machine", "pc"])
+                    .arg("-machine")
+                    .arg(if d.vmport {
+                        "pc,vmport=on"
+                    } else {
+                        "pc,vmport=off"
+                    })
                     .arg("-drive")
                     .arg(format!(
                         "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
