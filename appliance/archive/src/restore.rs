@@ -107,6 +107,20 @@ pub async fn read_lock(repo: &Repository, purpose: &str) -> Result<Option<RepoLo
     }
 }
 
+/// Runs `work` under the shared read lock ([`read_lock`]), releasing it afterwards.
+pub async fn with_read_lock<T, E: From<ArchiveError>>(
+    repo: &Repository,
+    purpose: &str,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let lock = read_lock(repo, purpose).await?;
+    let res = work.await;
+    if let Some(l) = lock {
+        l.release().await?;
+    }
+    res
+}
+
 /// Restores disk `disk` of `manifest` to `target`.
 pub async fn restore(
     repo: &Repository,
@@ -116,12 +130,12 @@ pub async fn restore(
     concurrency: usize,
     progress: Arc<Progress>,
 ) -> Result<RestoreStats, ArchiveError> {
-    let lock = read_lock(repo, &format!("restore of {}", manifest.id)).await?;
-    let res = restore_locked(repo, manifest, disk, target, concurrency, progress).await;
-    if let Some(l) = lock {
-        l.release().await?;
-    }
-    res
+    with_read_lock(
+        repo,
+        &format!("restore of {}", manifest.id),
+        restore_locked(repo, manifest, disk, target, concurrency, progress),
+    )
+    .await
 }
 
 async fn restore_locked(

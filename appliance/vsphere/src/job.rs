@@ -570,30 +570,8 @@ pub async fn restore_disk_to_datastore(
         .ok_or_else(|| VsphereError::Invalid(format!("{target}: the target must end in .vmdk")))?;
     let flat_name = format!("{stem}-flat.vmdk");
     let flat = target.sibling(&flat_name);
-    let lock =
-        ferry_archive::restore::read_lock(repo, &format!("restore of {}", manifest.id)).await?;
-    let res = upload_disk(
-        client, repo, manifest, disk, datacenter, target, &flat, &flat_name, progress,
-    )
-    .await;
-    if let Some(l) = lock {
-        l.release().await?;
-    }
-    res
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn upload_disk(
-    client: &Client,
-    repo: &Repository,
-    manifest: &Manifest,
-    disk: usize,
-    datacenter: &str,
-    target: &DatastorePath,
-    flat: &DatastorePath,
-    flat_name: &str,
-    progress: Arc<Progress>,
-) -> Result<u64> {
+    let purpose = format!("restore of {} to {target}", manifest.id);
+    ferry_archive::restore::with_read_lock(repo, &purpose, async {
     let index = Arc::new(repo.load_index(manifest, disk).await?);
     let size = index.disk_size;
     progress.total.fetch_add(size, Ordering::Relaxed);
@@ -622,14 +600,16 @@ async fn upload_disk(
         })
         .buffered(8);
     let body = reqwest::Body::wrap_stream(chunks);
-    ds.put(flat, body, size).await?;
+    ds.put(&flat, body, size).await?;
     ds.put_bytes(
         target,
-        monolithic_flat_descriptor(size, flat_name).into_bytes(),
+        monolithic_flat_descriptor(size, &flat_name).into_bytes(),
     )
     .await?;
     tracing::info!(point = %manifest.id, disk, target = %target, "disk restored to the datastore");
     Ok(size)
+    })
+    .await
 }
 
 #[cfg(test)]
