@@ -336,6 +336,26 @@ mod tests {
     }
 
     #[test]
+    fn drops_a_trailing_coff_symbol_table() {
+        let mut pe = tiny_pe();
+        let coff = 0x84;
+        pe[coff + 8..coff + 12].copy_from_slice(&0x600u32.to_le_bytes());
+        pe[coff + 12..coff + 16].copy_from_slice(&3u32.to_le_bytes());
+        pe.extend_from_slice(&[0xEE; 100]);
+        let out = add_sections(&pe, &[(".cmdline", b"quiet")]).unwrap();
+        let l = layout(&out).unwrap();
+        assert_eq!(rd32(&out, l.coff + 8).unwrap(), 0);
+        assert_eq!(rd32(&out, l.coff + 12).unwrap(), 0);
+        let s = sections(&out).unwrap();
+        assert_eq!(s[1].raw_offset, 0x600, "placed where the symbols were");
+        assert!(!out.windows(4).any(|w| w == [0xEE; 4]));
+        // A symbol table inside the sections is refused.
+        let mut bad = tiny_pe();
+        bad[coff + 8..coff + 12].copy_from_slice(&0x400u32.to_le_bytes());
+        assert!(add_sections(&bad, &[(".x", b"x")]).is_err());
+    }
+
+    #[test]
     fn refuses_duplicates_and_full_headers() {
         let pe = tiny_pe();
         assert!(add_sections(&pe, &[(".text", b"x")]).is_err());
