@@ -34,6 +34,10 @@ pub const ROOT_MODULES: &[&str] = &[
     "sd_mod",
     "sr_mod",
     "cifs",
+    // SMB3 encryption (cifs `seal`): gcm(aes) and ccm(aes) need ctr and ghash at run time,
+    // which the kernel asks for through the module helper, not through softdeps.
+    "ctr",
+    "ghash_generic",
     "nfs",
     "nfsv3",
     "nfsv4",

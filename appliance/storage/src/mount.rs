@@ -326,7 +326,10 @@ impl MountSpec {
                 )
             }
             (Kind::Smb, Errno::ENOENT | Errno::ENXIO) => {
-                format!("share {share:?} does not exist on {target}")
+                format!(
+                    "share {share:?} does not exist on {target} (or the kernel lacks a \
+                     crypto module the dialect needs: see the kernel log)"
+                )
             }
             (Kind::Nfs, Errno::ENOENT) => format!("export path {share} does not exist on {target}"),
             (
