@@ -6,7 +6,8 @@
 //! of this trait, so a repository behaves the same on every backend.
 //!
 //! It deliberately knows nothing about chunks, indexes or manifests: those are the archive's.
-//! It does not mount anything either: SMB and NFS shares reach it as local paths (below).
+//! SMB and NFS are kernel mounts ([`mount`], Linux and root only, the appliance's path):
+//! the share is mounted and then used as a [`LocalStore`].
 //!
 //! # Backends
 //!
@@ -14,7 +15,9 @@
 //! |---|---|---|
 //! | `/path`, `file:///path` | local folder or mounted share: temp + fsync + rename, hard link for `put_new` | [`LocalStore`] |
 //! | `sftp://user@host:port/path` | SFTP, russh (ring) + russh-sftp; key or password; pinned host key | [`sftp`] |
-//! | `ftp://user@host:port/path`, `ftps://…` | FTP and explicit FTPS, suppaftp on tokio + rustls (ring) | [`ftp`] |
+//! | `ftp://user@host:port/path`, `ftps://…`, `ftps-implicit://…` | FTP, explicit and implicit FTPS (port 990), REST resume; suppaftp on tokio + rustls (ring) | [`ftp`] |
+//! | `smb://[domain;]user@host[:port]/share/path` | SMB 3 (`vers=3.1.1`, `sec=ntlmssp`, `seal`) through a kernel `cifs` mount | [`mount`] |
+//! | `nfs://host[:port]/export/path` | NFS v4.1 (`vers=4.0`/`4.2` in the query) through a kernel `nfs4` mount | [`mount`] |
 //! | `s3://bucket/prefix?endpoint=URL&region=R&path_style=true&ca=FILE` | S3-compatible, object_store + reqwest + rustls (ring) | [`s3`] |
 //!
 //! Every remote backend sits behind [`Limited`] ([`limit`]): bounded retries with backoff
@@ -31,26 +34,33 @@
 //!
 //! # SMB and NFS: decision
 //!
-//! - **In the appliance**, shares are mounted by the kernel (`cifs` with `vers=3.1.1,seal`,
-//!   `nfs` with `vers=4.1`) through `nix::mount` by the agent, and the repository is a
-//!   [`LocalStore`] on the mount point. The kernel clients are the mature implementations
-//!   (SMB3 encryption, NFSv4.1 sessions, reconnects), `LocalStore`'s temp + fsync + rename
-//!   and hard-link create-if-absent rely on rename and link(2), which both kernel clients
-//!   map to the protocol (SMB2 FileRenameInformation / FileLinkInformation, NFS RENAME /
-//!   LINK). Not yet proven here: the host kernel has no cifs/nfs, so that test belongs in
-//!   the QEMU appliance suite (smbd and nfs-ganesha on the host through slirp `guestfwd`).
-//!   The mount belongs to the agent/init, not to this crate, which has no root-only code.
-//! - **On a workstation (the `ferry` CLI)** a userspace client is wanted. Checked in
-//!   November 2026: `smb` (smb-rs) 0.10.2 now resolves together with russh 0.65 + ring in
-//!   one graph without aws-lc or OpenSSL (it adds `rsa` 0.9 and 0.10-rc and `picky-krb`);
-//!   the newest `smb` 0.10.4 does not resolve with russh's pre-release `ssh-key`/`rsa` pins.
-//!   `nfs3_client` 0.9 resolves as well (NFSv3 only, no v4).
-//!   Plan (not implemented yet): an `smb://host/share/path` backend on `smb` 0.10.2 pinned
-//!   with `=0.10.2` (temp + `SMB2 SET_INFO FileRenameInformation` with `ReplaceIfExists`
-//!   for `put`, without it for `put_new`), and `nfs://host/export/path` on `nfs3_client`
-//!   (temp + `RENAME` for `put`, `LINK` for `put_new`), both behind [`Limited`], tested
-//!   against `smbd` on port 1445 and nfs-ganesha (VFS FSAL, which also serves v3) on the
-//!   host. Until then the CLI reaches SMB/NFS through an OS mount and a local path.
+//! - **In the appliance**, `smb://` and `nfs://` are mounted by the kernel through
+//!   `nix::mount` in this crate ([`mount`], feature `mount`, which the agent enables), and
+//!   the repository is a [`LocalStore`] on the mount point, behind [`Limited`] for the
+//!   probe, parallelism and bandwidth limit. The store unmounts when it is dropped. The
+//!   kernel clients are the mature implementations (SMB3 encryption, NFSv4.1 sessions,
+//!   reconnects); `LocalStore`'s temp + fsync + rename and hard-link create-if-absent map to
+//!   SMB2 FileRenameInformation / FileLinkInformation and NFS RENAME / LINK. The password
+//!   reaches the kernel only in the `mount(2)` data: no `mount.cifs` helper, no command line,
+//!   not shown in `/proc/mounts`, never logged. Proven in `tests/slow/smbnfs.sh`: the
+//!   appliance booted in QEMU mounts smbd (SMB 3.1.1, sealed, port 1445) and nfs-ganesha
+//!   (VFS FSAL, NFSv4.1, high port) on the host through slirp, backs up, verifies, restores
+//!   (SHA-256 equal) and unmounts; the host then runs `ferry verify` on the share's
+//!   directory. Wrong password, missing share or export, unreachable host, and no root or
+//!   no kernel module each give their own message ([`StoreError::Auth`] or
+//!   [`StoreError::Mount`]). The appliance kernel needs `ctr` and `ghash_generic` besides
+//!   the cifs softdeps for `seal` (gcm(aes)); `image/src/kmod.rs` ships them.
+//! - **On a workstation (the `ferry` CLI)** the binary does not mount (it is not root, and a
+//!   CLI that mounts behind the user's back is surprising): mount the share with the OS and
+//!   pass the local path. A userspace client remains possible: checked in November 2026,
+//!   `smb` (smb-rs) 0.10.2 resolves together with russh 0.65 + ring without aws-lc or
+//!   OpenSSL (0.10.4 does not), and `nfs3_client` 0.9 resolves (NFSv3 only). Not built:
+//!   the appliance, where backups run, is covered by the kernel path, and a second SMB
+//!   implementation would need its own fault tests against smbd on the host.
+//! - **Benchmark:** SMB and NFS are not in `tests/bench/storage.sh`: the host kernel has no
+//!   cifs/nfs client, and the only place that mounts is the QEMU guest under TCG (no KVM
+//!   here), whose emulated CPU and slirp networking would measure the emulator, not the
+//!   backend.
 
 use std::fmt::Debug;
 

@@ -15,6 +15,9 @@
 //!   hanging the agent forever. The whole path is mounted (NFSv4 can mount any directory
 //!   below an export); when it does not exist yet, its parent is mounted and the rest is
 //!   created on the first `put`.
+//! - **Query parameters:** `vers=`, `seal=0` (SMB), `domain=` (SMB), `timeo=` and `retrans=`
+//!   (NFS, defaults 150 and 3), `mountdir=DIR` (default [`DEFAULT_MOUNT_DIR`]), and the
+//!   tuning parameters every remote store takes (`parallel`, `bwlimit`, `probe`, …).
 //! - **Credentials** go to the kernel only in the `mount(2)` data argument: never on a
 //!   command line (no `mount.cifs` helper runs), never in `/proc/mounts` (cifs does not show
 //!   the password), never in a log or an error ([`MountSpec`]'s `Debug` redacts the data).

@@ -9,7 +9,7 @@
 //! | variable | meaning |
 //! |---|---|
 //! | `FERRY_STORE_SECRETS` | path of a secrets file (`name = value` lines, `#` comments) |
-//! | `FERRY_STORE_PASSWORD` | SFTP / FTP password |
+//! | `FERRY_STORE_PASSWORD` | SFTP / FTP / SMB password |
 //! | `FERRY_STORE_KEY_FILE`, `FERRY_STORE_KEY_PASSPHRASE` | SFTP private key (OpenSSH format) |
 //! | `FERRY_STORE_KNOWN_HOSTS` | SFTP known-hosts file |
 //! | `FERRY_STORE_HOST_FINGERPRINT` | SFTP host key pin, `SHA256:…` as printed by `ssh-keygen -l` |
@@ -31,7 +31,7 @@ use crate::StoreError;
 /// Credentials and trust anchors. `Debug` never prints them.
 #[derive(Clone, Default)]
 pub struct Secrets {
-    /// Password (SFTP password auth, FTP login).
+    /// Password (SFTP password auth, FTP login, SMB mount).
     pub password: Option<String>,
     /// SFTP private key file.
     pub key_file: Option<PathBuf>,
