@@ -187,3 +187,55 @@ fn read_backdoor(keys: &[&str], gi: &mut GuestInfo) -> anyhow::Result<()> {
     let _ = chan.close();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_env_file_whatever_the_iso_naming() {
+        for name in [
+            "ovf-env.xml",
+            "OVF-ENV.XML;1",
+            "OVF_ENV.XML",
+            "ovf_env.xml.",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("other.txt"), b"x").unwrap();
+            std::fs::write(dir.path().join(name), b"<Environment/>").unwrap();
+            assert_eq!(
+                find_and_read(dir.path()).unwrap().as_deref(),
+                Some(&b"<Environment/>"[..]),
+                "{name}"
+            );
+        }
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(find_and_read(empty.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn reads_at_most_one_byte_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ovf-env.xml"), vec![b' '; MAX_DOC + 4096]).unwrap();
+        assert_eq!(
+            find_and_read(dir.path()).unwrap().unwrap().len(),
+            MAX_DOC + 1
+        );
+    }
+
+    #[test]
+    fn empty_drives_are_not_errors() {
+        let e = anyhow::Error::new(nix::errno::Errno::ENOMEDIUM).context("mount /dev/sr0");
+        assert!(is_not_an_env_disc(&e));
+        let e = anyhow::Error::new(nix::errno::Errno::EIO).context("mount /dev/sr0");
+        assert!(!is_not_an_env_disc(&e));
+    }
+
+    #[test]
+    fn guestinfo_is_not_read_off_vmware() {
+        if !vmw_backdoor::is_vmware_cpu() {
+            let gi = read_guestinfo(&["ip"]);
+            assert!(!gi.vmware && gi.ovf_env.is_none() && gi.keys.is_empty() && gi.error.is_none());
+        }
+    }
+}
