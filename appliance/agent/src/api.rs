@@ -140,6 +140,8 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
             "pid": std::process::id(),
             "start": ctx.start_number,
             "uptime_seconds": ctx.started.elapsed().as_secs_f64(),
+            "rss_kib": self_status_kib("VmRSS:"),
+            "peak_rss_kib": self_status_kib("VmHWM:"),
             "supervisor": pick("agent"),
         },
         "addresses": addresses(),
@@ -183,6 +185,18 @@ async fn crash() -> impl IntoResponse {
         std::process::abort();
     });
     (StatusCode::ACCEPTED, "aborting\n")
+}
+
+/// A `kB` field of `/proc/self/status`.
+fn self_status_kib(field: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn hostname() -> String {

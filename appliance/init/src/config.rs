@@ -447,6 +447,14 @@ impl Config {
             .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO)
     }
 
+    /// Settings the agent takes from the environment: `(variable, value)`.
+    pub fn agent_env(&self) -> Vec<(&'static str, String)> {
+        [("mgmt", "FERRY_MGMT"), ("token", "FERRY_TOKEN")]
+            .into_iter()
+            .filter_map(|(k, var)| self.value(k).map(|v| (var, v.to_string())))
+            .collect()
+    }
+
     pub fn debug(&self) -> bool {
         self.value("debug")
             .and_then(|v| parse_bool(v).ok())

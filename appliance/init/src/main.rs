@@ -136,6 +136,7 @@ async fn run(console: Console) -> anyhow::Result<std::convert::Infallible> {
         state_dir: STATE_DIR.to_string(),
         log_level: cfg.log_level().to_string().to_lowercase(),
         debug: cfg.debug(),
+        extra: cfg.agent_env(),
     };
     let supervisor = tokio::spawn(supervise::supervise_agent(
         reaper,

@@ -114,11 +114,28 @@ fn describe(status: &WaitStatus) -> String {
 }
 
 /// Settings passed to every agent start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentEnv {
     pub state_dir: String,
     pub log_level: String,
     pub debug: bool,
+    /// Settings for the agent (management server, enrollment token); the token is a
+    /// secret, so this is never logged.
+    pub extra: Vec<(&'static str, String)>,
+}
+
+impl std::fmt::Debug for AgentEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentEnv")
+            .field("state_dir", &self.state_dir)
+            .field("log_level", &self.log_level)
+            .field("debug", &self.debug)
+            .field(
+                "extra",
+                &self.extra.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// Keeps the agent running until `stop` turns true, then stops it
@@ -143,6 +160,7 @@ pub async fn supervise_agent(
             .env("FERRY_AGENT_START", starts.to_string())
             .env("FERRY_LOG", &env.log_level)
             .env("FERRY_DEBUG", if env.debug { "1" } else { "0" })
+            .envs(env.extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
