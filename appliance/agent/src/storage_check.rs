@@ -127,7 +127,6 @@ async fn run(req: &Request, size: u64, work: &Path) -> Result<Value, Failed> {
 
     let mut opts = StoreOptions::default();
     opts.secrets.password = req.password.clone();
-    opts.retries = 2;
     let url = req.url.clone();
     let store = at(
         "mount",
@@ -209,6 +208,8 @@ async fn with_store(
             .await
             .context("verify"),
     )?;
+    // The appliance's tmpfs is small: the source is hashed already, so make room.
+    let _ = std::fs::remove_file(src);
     let out = work.join("restored.raw");
     at(
         "restore",

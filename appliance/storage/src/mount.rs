@@ -24,6 +24,9 @@
 //! - **Errors** are mapped from the `mount(2)` errno to what an admin can act on: a wrong
 //!   user name or password, an unreachable host, a missing share or export, no root, no
 //!   kernel support.
+//! - **Server restarts:** while the kernel client reconnects, calls fail with EAGAIN,
+//!   EHOSTDOWN, ETIMEDOUT…; those become [`StoreError::Transient`], so the retry layer
+//!   ([`crate::Limited`]) backs off and retries instead of failing the backup at once.
 //! - **Unmount:** the [`MountedStore`] unmounts and removes its mount point when it is
 //!   dropped (a lazy detach when something still holds it busy). A store opened from a URL
 //!   is dropped when the last `Arc` of it (and of any repository on it) goes.
@@ -469,34 +472,65 @@ impl Drop for MountedStore {
     }
 }
 
+/// While the kernel client reconnects to a server that went away, calls fail with EAGAIN,
+/// EHOSTDOWN, ETIMEDOUT and the like: those are transient here, so the retry layer waits
+/// and tries again instead of failing the backup.
+fn net<T>(r: Result<T, StoreError>) -> Result<T, StoreError> {
+    r.map_err(|e| match e {
+        StoreError::Io { op, key, source }
+            if matches!(
+                source.raw_os_error().map(Errno::from_raw),
+                Some(
+                    Errno::EAGAIN
+                        | Errno::EHOSTDOWN
+                        | Errno::EHOSTUNREACH
+                        | Errno::ENETUNREACH
+                        | Errno::ETIMEDOUT
+                        | Errno::ECONNRESET
+                        | Errno::ECONNABORTED
+                        | Errno::ECONNREFUSED
+                        | Errno::ENOTCONN
+                )
+            ) =>
+        {
+            StoreError::Transient {
+                op,
+                key,
+                detail: format!("share unavailable: {source}"),
+            }
+        }
+        e => e,
+    })
+}
+
 #[async_trait]
 impl Store for MountedStore {
     fn location(&self) -> String {
         self.location.clone()
     }
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        self.local.put(key, data).await
+        net(self.local.put(key, data).await)
     }
     async fn put_new(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
-        self.local.put_new(key, data).await
+        net(self.local.put_new(key, data).await)
     }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.local.get(key).await
+        net(self.local.get(key).await)
     }
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        self.local.exists(key).await
+        net(self.local.exists(key).await)
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.local.list(prefix).await
+        net(self.local.list(prefix).await)
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.local.delete(key).await
+        net(self.local.delete(key).await)
     }
     async fn sync(&self) -> Result<(), StoreError> {
-        self.local.sync().await
+        net(self.local.sync().await)
     }
     async fn clean_temporaries(&self, min_age_secs: u64) -> Result<u64, StoreError> {
-        self.local.clean_temporaries(min_age_secs).await
+        net(self.local.clean_temporaries(min_age_secs).await)
     }
 }
 
@@ -594,6 +628,20 @@ mod tests {
             let url = url::Url::parse(bad).unwrap();
             assert!(MountSpec::parse(&url, &opts(None)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reconnect_errors_are_transient() {
+        let io = |errno: Errno| -> Result<(), StoreError> {
+            Err(StoreError::Io {
+                op: "write",
+                key: "k".into(),
+                source: std::io::Error::from_raw_os_error(errno as i32),
+            })
+        };
+        assert!(net(io(Errno::EAGAIN)).unwrap_err().is_transient());
+        assert!(net(io(Errno::EHOSTDOWN)).unwrap_err().is_transient());
+        assert!(!net(io(Errno::EINVAL)).unwrap_err().is_transient());
     }
 
     #[test]

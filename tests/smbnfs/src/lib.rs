@@ -61,6 +61,8 @@ pub fn port_near(want: u16) -> anyhow::Result<u16> {
 #[derive(Debug)]
 pub struct Smbd {
     child: Child,
+    conf: PathBuf,
+    log: PathBuf,
     pub port: u16,
     /// The shared directory on the host.
     pub share: PathBuf,
@@ -123,21 +125,78 @@ impl Smbd {
             );
         }
         let log = d.join("smbd.out");
-        let mut child = Command::new("smbd")
-            .args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start smbd")?;
+        let mut child = spawn_smbd(&conf_path, &log)?;
         wait_port(port, "smbd", &mut child, &log)?;
         Ok(Smbd {
             child,
+            conf: conf_path,
+            log,
             port,
             share: d.join("share"),
             _dir: dir,
         })
+    }
+}
+
+fn spawn_smbd(conf: &Path, log: &Path) -> anyhow::Result<Child> {
+    Command::new("smbd")
+        .args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(
+            std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(log)?,
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start smbd")
+}
+
+/// Children of `parent` (from `/proc/*/stat`).
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …: comm may hold spaces, so split after ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+impl Smbd {
+    /// Kills smbd and the processes it forked for its clients (by pid), as a crash would.
+    pub fn kill(&mut self) {
+        let mut tree = vec![self.child.id()];
+        let mut i = 0;
+        while i < tree.len() {
+            let kids = children_of(tree[i]);
+            tree.extend(kids);
+            i += 1;
+        }
+        for pid in tree.iter().skip(1) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts smbd again with the same configuration and port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.child = spawn_smbd(&self.conf, &self.log)?;
+        wait_port(self.port, "smbd", &mut self.child, &self.log)
     }
 }
 
