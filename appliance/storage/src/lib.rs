@@ -46,7 +46,8 @@
 //!   appliance booted in QEMU mounts smbd (SMB 3.1.1, sealed, port 1445) and nfs-ganesha
 //!   (VFS FSAL, NFSv4.1, high port) on the host through slirp, backs up, verifies, restores
 //!   (SHA-256 equal) and unmounts; the host then runs `ferry verify` on the share's
-//!   directory. Wrong password, missing share or export, unreachable host, and no root or
+//!   directory. smbd killed mid-backup and restarted: the backup retries to success (errors
+//!   of a reconnecting share are transient) and the repository verifies. Wrong password, missing share or export, unreachable host, and no root or
 //!   no kernel module each give their own message ([`StoreError::Auth`] or
 //!   [`StoreError::Mount`]). The appliance kernel needs `ctr` and `ghash_generic` besides
 //!   the cifs softdeps for `seal` (gcm(aes)); `image/src/kmod.rs` ships them.
