@@ -23,6 +23,23 @@
 //! effect at once. Agents accept only clients signed by this CA whose name is the
 //! management server's or an admin's.
 
+//!
+//! # Decisions where the issue is silent, and departures
+//! - **Token format.** `ID.SECRET.CA_SHA256`: the CA pin rides in the token (as kubeadm's
+//!   discovery hash does), so enrollment needs no prior trust; the server keeps only the
+//!   SHA-256 of the secret. Tokens live 1 s to 30 days (`ferry mgmt token create --ttl`).
+//! - **Pairing** is two calls on the agent (`/v1/pair/csr`, `/v1/pair/complete`), each with
+//!   the console code; the server trusts the agent's self-signed certificate only for those
+//!   two calls. Five wrong codes make the agent show a new one.
+//! - **Revocation** is enforced here (hello, collection, plan push, run-now refuse the
+//!   agent at once); agents are not sent a CRL, and an agent accepts every admin
+//!   certificate of the CA (there is one admin, `admin.pem`, today).
+//! - **Credentials** are stored in `mgmt.db` (0600) in clear, to be re-pushed to an agent
+//!   that missed a push; not encrypted at rest yet.
+//! - **Addresses.** The server reaches an agent at its `advertise` address, else its first
+//!   reported address, else the TCP peer; the QEMU test reaches the host through slirp's
+//!   10.0.2.2 (host loopback) rather than a `guestfwd` rule.
+
 pub mod agents;
 pub mod client;
 pub mod db;
