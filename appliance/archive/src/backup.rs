@@ -471,7 +471,7 @@ async fn process_chunk(
             error: e,
         })?;
     shared.progress.add_read(len as u64);
-    let (buf, digest) = tokio::task::spawn_blocking(move || {
+    let (buf, digest) = crate::cpu::run(move || {
         if format::is_zero(&buf) {
             (buf, ZERO_DIGEST)
         } else {
@@ -496,8 +496,7 @@ async fn process_chunk(
     }
     let level = shared.level;
     let (buf, encoded) =
-        tokio::task::spawn_blocking(move || format::encode_chunk(&buf, level).map(|e| (buf, e)))
-            .await??;
+        crate::cpu::run(move || format::encode_chunk(&buf, level).map(|e| (buf, e))).await??;
     shared.give_buf(buf);
     let stored = encoded.len() as u64;
     let fresh = shared.store.put_new(&key, Bytes::from(encoded)).await?;

@@ -31,6 +31,7 @@
 //! [`Store::sync`]: ferry_storage::Store::sync
 
 pub mod backup;
+mod cpu;
 pub mod format;
 pub mod gc;
 pub mod lock;

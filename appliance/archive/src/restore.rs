@@ -76,7 +76,7 @@ pub async fn fetch_chunk(
         }
         Err(e) => return Err(e.into()),
     };
-    let plain = tokio::task::spawn_blocking(move || format::decode_chunk(&data, &digest)).await??;
+    let plain = crate::cpu::run(move || format::decode_chunk(&data, &digest)).await??;
     if plain.len() != expected_len {
         return Err(ArchiveError::Corrupt {
             object: format!("chunk {}", format::digest_hex(&digest)),
