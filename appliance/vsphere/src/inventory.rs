@@ -454,6 +454,8 @@ pub fn parse_disks(devices: &Node) -> Vec<VirtualDisk> {
         .filter_map(|d| {
             let key = d.parse_at::<i32>(&["key"])?;
             let backing = d.child("backing")?;
+            let controller_key = d.parse_at::<i32>(&["controllerKey"]);
+            let controller = controller_key.and_then(|k| controllers.get(&k));
             let capacity = d
                 .parse_at::<u64>(&["capacityInBytes"])
                 .filter(|c| *c > 0)
@@ -472,17 +474,10 @@ pub fn parse_disks(devices: &Node) -> Vec<VirtualDisk> {
                     .text_at(&["changeId"])
                     .filter(|c| !c.is_empty())
                     .map(str::to_string),
-                controller_key: d.parse_at(&["controllerKey"]).unwrap_or(-1),
+                controller_key: controller_key.unwrap_or(-1),
                 unit_number: d.parse_at(&["unitNumber"]).unwrap_or(-1),
-                controller_type: d
-                    .parse_at::<i32>(&["controllerKey"])
-                    .and_then(|k| controllers.get(&k))
-                    .map(|c| c.0.clone())
-                    .unwrap_or_default(),
-                controller_bus: d
-                    .parse_at::<i32>(&["controllerKey"])
-                    .and_then(|k| controllers.get(&k))
-                    .map_or(-1, |c| c.1),
+                controller_type: controller.map(|c| c.0.clone()).unwrap_or_default(),
+                controller_bus: controller.map_or(-1, |c| c.1),
             })
         })
         .collect()

@@ -21,7 +21,6 @@ use crate::error::{Result, VsphereError};
 use crate::inventory::VmSelector;
 use crate::job::restore_disk_to_datastore;
 use crate::soap::{el, MoRef};
-use crate::xml::escape;
 
 /// Where and how to restore a VM.
 #[derive(Debug, Clone)]
@@ -168,19 +167,29 @@ fn config_spec(name: &str, ds: &str, hw: &Hardware, disks: &[(String, u64)]) -> 
     )
 }
 
-/// Datacenter name and its `vmFolder`.
-async fn datacenter(client: &Client, want: Option<&str>) -> Result<(String, MoRef)> {
+/// A datacenter: its name, the object, and its `vmFolder`.
+#[derive(Debug)]
+struct Dc {
+    name: String,
+    obj: MoRef,
+    vm_folder: MoRef,
+}
+
+/// The named datacenter, or the only one.
+async fn datacenter(client: &Client, want: Option<&str>) -> Result<Dc> {
     let dcs = client.list("Datacenter", &["name", "vmFolder"]).await?;
-    let mut found: Vec<(String, MoRef)> = dcs
-        .iter()
+    let mut found: Vec<Dc> = dcs
+        .into_iter()
         .filter_map(|o| {
-            let name = o.text("name")?.to_string();
-            let folder = o.props.get("vmFolder").and_then(MoRef::from_node)?;
-            Some((name, folder))
+            Some(Dc {
+                name: o.text("name")?.to_string(),
+                vm_folder: o.props.get("vmFolder").and_then(MoRef::from_node)?,
+                obj: o.obj,
+            })
         })
         .collect();
     if let Some(w) = want {
-        found.retain(|(n, _)| n == w);
+        found.retain(|d| d.name == w);
     }
     match found.len() {
         1 => Ok(found.remove(0)),
@@ -193,7 +202,7 @@ async fn datacenter(client: &Client, want: Option<&str>) -> Result<(String, MoRe
             found.len(),
             found
                 .iter()
-                .map(|f| f.0.as_str())
+                .map(|d| d.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),
@@ -260,8 +269,8 @@ pub async fn restore_vm(
         Err(VsphereError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
-    let (dc, vm_folder) = datacenter(client, opts.datacenter.as_deref()).await?;
-    let pool = resource_pool(client, &dc, opts.compute.as_deref()).await?;
+    let dc = datacenter(client, opts.datacenter.as_deref()).await?;
+    let pool = resource_pool(client, &dc.name, opts.compute.as_deref()).await?;
     let hw = hardware(manifest);
     let dir = DatastorePath {
         datastore: opts.datastore.clone(),
@@ -286,7 +295,7 @@ pub async fn restore_vm(
                 repo,
                 manifest,
                 i,
-                &dc,
+                &dc.name,
                 &target,
                 progress.clone(),
             )
@@ -295,7 +304,7 @@ pub async fn restore_vm(
         }
         let params = format!(
             "{}{}{}",
-            vm_folder.xml("_this"),
+            dc.vm_folder.xml("_this"),
             config_spec(&opts.name, &opts.datastore, &hw, &disks),
             pool.xml("pool")
         );
@@ -342,14 +351,13 @@ fn file_manager(client: &Client) -> Result<MoRef> {
         .ok_or_else(|| VsphereError::Invalid("the server has no FileManager".into()))
 }
 
-async fn make_directory(client: &Client, dc: &str, dir: &DatastorePath) -> Result<()> {
+async fn make_directory(client: &Client, dc: &Dc, dir: &DatastorePath) -> Result<()> {
     let fm = file_manager(client)?;
-    let dc_ref = datacenter_moref(client, dc).await?;
     let params = format!(
         "{}{}{}<createParentDirectories>true</createParentDirectories>",
         fm.xml("_this"),
         el("name", &dir.to_string()),
-        dc_ref.xml("datacenter"),
+        dc.obj.xml("datacenter"),
     );
     match client.invoke("MakeDirectory", &params).await {
         Ok(_) => Ok(()),
@@ -360,19 +368,13 @@ async fn make_directory(client: &Client, dc: &str, dir: &DatastorePath) -> Resul
     }
 }
 
-async fn delete_path(
-    client: &Client,
-    dc: &str,
-    p: &DatastorePath,
-    timeout: Duration,
-) -> Result<()> {
+async fn delete_path(client: &Client, dc: &Dc, p: &DatastorePath, timeout: Duration) -> Result<()> {
     let fm = file_manager(client)?;
-    let dc_ref = datacenter_moref(client, dc).await?;
     let params = format!(
         "{}{}{}",
         fm.xml("_this"),
         el("name", &p.to_string()),
-        dc_ref.xml("datacenter")
+        dc.obj.xml("datacenter")
     );
     let task = client
         .start_task("DeleteDatastoreFile_Task", &params)
@@ -381,14 +383,6 @@ async fn delete_path(
         .wait_task(&task, "DeleteDatastoreFile_Task", timeout, |_| {})
         .await
         .map(|_| ())
-}
-
-async fn datacenter_moref(client: &Client, dc: &str) -> Result<MoRef> {
-    let dcs = client.list("Datacenter", &["name"]).await?;
-    dcs.into_iter()
-        .find(|o| o.text("name") == Some(dc))
-        .map(|o| o.obj)
-        .ok_or_else(|| VsphereError::NotFound(format!("datacenter {}", escape(dc))))
 }
 
 #[cfg(test)]
