@@ -612,44 +612,44 @@ async fn restore_vmdk(
     format: RestoreFormat,
 ) -> anyhow::Result<WriteStatsOut> {
     let src = ferry_archive::PointSource::open(repo.clone(), m, disk).await?;
-    let lock =
-        ferry_archive::restore::read_lock(repo, &format!("restore of {} to VMDK", m.id)).await?;
     let path = PathBuf::from(target);
     let mut opts = ferry_vmdk::WriteOptions::default();
     if let Some(n) = path.file_name() {
         opts.extent_name = n.to_string_lossy().into_owned();
     }
-    let res = match format {
-        RestoreFormat::Vmdk => {
-            // Written to a partial name and renamed when complete, like raw restores.
-            let partial = PathBuf::from(format!("{target}.ferry-partial"));
-            let res = async {
-                let f = tokio::fs::File::create(&partial)
-                    .await
-                    .with_context(|| format!("creating {}", partial.display()))?;
-                let mut w = tokio::io::BufWriter::with_capacity(4 << 20, f);
-                let stats = ferry_vmdk::write_stream_optimized(&src, &mut w, &opts).await?;
-                let f = w.into_inner();
-                f.sync_all().await?;
-                tokio::fs::rename(&partial, &path).await?;
-                anyhow::Ok(stats)
+    let work = async {
+        match format {
+            RestoreFormat::Vmdk => {
+                // Written to a partial name and renamed when complete, like raw restores.
+                let partial = PathBuf::from(format!("{target}.ferry-partial"));
+                let res = async {
+                    let f = tokio::fs::File::create(&partial)
+                        .await
+                        .with_context(|| format!("creating {}", partial.display()))?;
+                    let mut w = tokio::io::BufWriter::with_capacity(4 << 20, f);
+                    let stats = ferry_vmdk::write_stream_optimized(&src, &mut w, &opts).await?;
+                    let f = w.into_inner();
+                    f.sync_all().await?;
+                    tokio::fs::rename(&partial, &path).await?;
+                    anyhow::Ok(stats)
+                }
+                .await;
+                if res.is_err() {
+                    let _ = std::fs::remove_file(&partial);
+                }
+                res
             }
-            .await;
-            if res.is_err() {
-                let _ = std::fs::remove_file(&partial);
+            RestoreFormat::VmdkSparse => {
+                Ok(ferry_vmdk::write_monolithic_sparse(&src, &path, &opts).await?)
             }
-            res
+            RestoreFormat::VmdkFlat => {
+                Ok(ferry_vmdk::write_monolithic_flat(&src, &path, &opts).await?)
+            }
+            RestoreFormat::Raw => bail!("raw restores do not go through the VMDK writer"),
         }
-        RestoreFormat::VmdkSparse => {
-            Ok(ferry_vmdk::write_monolithic_sparse(&src, &path, &opts).await?)
-        }
-        RestoreFormat::VmdkFlat => Ok(ferry_vmdk::write_monolithic_flat(&src, &path, &opts).await?),
-        RestoreFormat::Raw => bail!("raw restores do not go through the VMDK writer"),
     };
-    if let Some(l) = lock {
-        l.release().await?;
-    }
-    let s = res?;
+    let purpose = format!("restore of {} to VMDK", m.id);
+    let s = ferry_archive::restore::with_read_lock(repo, &purpose, work).await?;
     Ok(WriteStatsOut {
         disk_size: s.disk_size,
         grains_stored: s.grains_stored,
