@@ -7,6 +7,10 @@
 //     an unknown changeId is an InvalidArgument fault.
 //   - fault injection: expire every session, cut every connection after N bytes of
 //     /folder data ("killed"), fail the next RemoveSnapshot_Task calls.
+//   - the vAPI REST simulator (tagging) under /rest, which the model registers only when
+//     asked; its session login accepts any password, so ours checks it. The /api spelling
+//     of vSphere 7.0U2+ is translated to /rest here (-vapi chooses which exist).
+//   - a barrier on CreateSnapshot_Task, so a test can prove that VMs run in parallel.
 //
 // The first line on stdout is JSON with the URL, credentials, control URL and datastore
 // directory. The process exits when stdin closes, so it dies with the test that runs it.
@@ -33,9 +37,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	_ "github.com/vmware/govmomi/vapi/simulator" // registers /rest (tagging) with the model
+	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -61,6 +68,14 @@ type state struct {
 	failRemove  int
 	folderBytes int64
 	currentTime int // CurrentTime calls: the client's session keep-alive
+
+	// CreateSnapshot_Task barrier: the first holdN calls wait until holdN have arrived.
+	holdN        int
+	holdArrived  int
+	holdRelease  chan struct{}
+	holdTimedOut bool
+	snapInFlight int // CreateSnapshot_Task calls inside the simulator or at the barrier
+	snapMax      int
 }
 
 var st = &state{disks: map[string]*cbtDisk{}, expired: map[string]bool{}, expireAfter: -1, outageAfter: -1}
@@ -68,7 +83,10 @@ var st = &state{disks: map[string]*cbtDisk{}, expired: map[string]bool{}, expire
 func main() {
 	disks := flag.String("disks", "64M,32M", "disk sizes of DC0_H0_VM0")
 	window := flag.Int64("cbt-window", 16<<20, "max bytes one QueryChangedDiskAreas answer covers")
+	allVMs := flag.Bool("all-vms", false, "give every VM the -disks sizes, not only DC0_H0_VM0")
+	vapiFlag := flag.String("vapi", "both", "vAPI REST spellings served: both, rest (/rest only), api (/api only)")
 	flag.Parse()
+	vapiMode = *vapiFlag
 	log.SetOutput(ioutil.Discard)
 	st.window = *window
 
@@ -78,11 +96,12 @@ func main() {
 		fatal(err)
 	}
 	model.Service.TLS = new(tls.Config)
+	model.Service.RegisterEndpoints = true
 	model.Service.Listen = &url.URL{Host: "127.0.0.1:0", User: url.UserPassword(user, password)}
 	sim := model.Service.NewServer()
 	mux := model.Service.ServeMux
 
-	if err := setupDisks(sim, *disks); err != nil {
+	if err := setupDisks(sim, *disks, *allVMs); err != nil {
 		fatal(err)
 	}
 
@@ -139,9 +158,9 @@ func parseSize(s string) (int64, error) {
 	return n * mult, err
 }
 
-// setupDisks gives DC0_H0_VM0 the requested disks, with capacityInBytes set (the model
-// leaves it 0).
-func setupDisks(sim *simulator.Server, spec string) error {
+// setupDisks gives DC0_H0_VM0 (or every VM) the requested disks, with capacityInBytes set
+// (the model leaves it 0).
+func setupDisks(sim *simulator.Server, spec string, allVMs bool) error {
 	var sizes []int64
 	for _, s := range strings.Split(spec, ",") {
 		n, err := parseSize(s)
@@ -151,19 +170,28 @@ func setupDisks(sim *simulator.Server, spec string) error {
 		sizes = append(sizes, n)
 	}
 	ctx := context.Background()
-	var vm *simulator.VirtualMachine
+	var vms []*simulator.VirtualMachine
 	for _, e := range simulator.Map.All("VirtualMachine") {
-		if v, ok := e.(*simulator.VirtualMachine); ok && v.Name == "DC0_H0_VM0" {
-			vm = v
+		if v, ok := e.(*simulator.VirtualMachine); ok && (allVMs || v.Name == "DC0_H0_VM0") {
+			vms = append(vms, v)
 		}
 	}
-	if vm == nil {
+	if len(vms) == 0 {
 		return fmt.Errorf("no DC0_H0_VM0 in the model")
 	}
 	c, err := newClient(ctx, sim)
 	if err != nil {
 		return err
 	}
+	for _, vm := range vms {
+		if err := setupVMDisks(ctx, c, vm, sizes); err != nil {
+			return fmt.Errorf("%s: %v", vm.Name, err)
+		}
+	}
+	return nil
+}
+
+func setupVMDisks(ctx context.Context, c *vim25.Client, vm *simulator.VirtualMachine, sizes []int64) error {
 	ovm := object.NewVirtualMachine(c, vm.Reference())
 	devs, err := ovm.Device(ctx)
 	if err != nil {
@@ -261,6 +289,10 @@ func front(inner http.Handler) http.Handler {
 			hijackClose(w)
 			return
 		}
+		if strings.HasPrefix(r.URL.Path, "/rest/") || strings.HasPrefix(r.URL.Path, "/api/") {
+			vapi(inner, w, r)
+			return
+		}
 		cookie := cookieOf(r)
 		st.mu.Lock()
 		if st.expired["*"] {
@@ -312,6 +344,14 @@ func front(inner http.Handler) http.Handler {
 			}
 			queryChangedDiskAreas(w, body)
 			return
+		case bytes.Contains(body, []byte("CreateSnapshot_Task")):
+			st.enterSnapshot()
+			r.Body = ioutil.NopCloser(bytes.NewReader(body))
+			inner.ServeHTTP(w, r)
+			st.mu.Lock()
+			st.snapInFlight--
+			st.mu.Unlock()
+			return
 		case bytes.Contains(body, []byte("RemoveSnapshot_Task")):
 			st.mu.Lock()
 			fail := st.failRemove > 0
@@ -328,6 +368,131 @@ func front(inner http.Handler) http.Handler {
 		rec := &cookieSpy{ResponseWriter: w}
 		inner.ServeHTTP(rec, r)
 	})
+}
+
+// enterSnapshot counts a CreateSnapshot_Task call in flight and, while a barrier is set,
+// holds it until the barrier's count of calls has arrived (or 60 s passed, which the
+// control listener reports).
+func (s *state) enterSnapshot() {
+	s.mu.Lock()
+	s.snapInFlight++
+	if s.snapInFlight > s.snapMax {
+		s.snapMax = s.snapInFlight
+	}
+	var wait chan struct{}
+	if s.holdN > 0 && s.holdArrived < s.holdN {
+		s.holdArrived++
+		if s.holdArrived == s.holdN {
+			close(s.holdRelease)
+		} else {
+			wait = s.holdRelease
+		}
+	}
+	s.mu.Unlock()
+	if wait == nil {
+		return
+	}
+	select {
+	case <-wait:
+	case <-time.After(60 * time.Second):
+		s.mu.Lock()
+		s.holdTimedOut = true
+		s.mu.Unlock()
+	}
+}
+
+// ---- vAPI REST (tagging) ----
+
+var vapiMode = "both"
+
+// vapi passes /rest to the vAPI simulator and translates /api to it (the spelling of
+// vSphere 7.0U2+: no "value" wrapper, ids without "id:", "action" without "~"). A session
+// login must carry our user and password: the simulator accepts any.
+func vapi(inner http.Handler, w http.ResponseWriter, r *http.Request) {
+	api := strings.HasPrefix(r.URL.Path, "/api/")
+	if (api && vapiMode == "rest") || (!api && vapiMode == "api") {
+		http.NotFound(w, r)
+		return
+	}
+	restPath := r.URL.Path
+	q := r.URL.Query()
+	if api {
+		p, ok := apiToRest(r.URL.Path)
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		restPath = p
+		if a := q.Get("action"); a != "" {
+			q.Del("action")
+			q.Set("~action", a)
+		}
+	}
+	if r.Method == http.MethodPost && restPath == "/rest/com/vmware/cis/session" && q.Get("~action") == "" {
+		u, p, ok := r.BasicAuth()
+		if !ok || u != user || p != password {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprint(w, `{"type":"com.vmware.vapi.std.errors.unauthenticated","value":{"messages":[]}}`)
+			return
+		}
+	}
+	if !api {
+		inner.ServeHTTP(w, r)
+		return
+	}
+	r2 := r.Clone(r.Context())
+	r2.URL.Path = restPath
+	r2.URL.RawPath = ""
+	r2.URL.RawQuery = q.Encode()
+	r2.RequestURI = ""
+	rec := &bufWriter{h: http.Header{}}
+	inner.ServeHTTP(rec, r2)
+	code := rec.code
+	if code == 0 {
+		code = http.StatusOK
+	}
+	body := rec.buf.Bytes()
+	if code == http.StatusOK {
+		var wrapped struct {
+			Value json.RawMessage `json:"value"`
+		}
+		if len(bytes.TrimSpace(body)) > 0 && json.Unmarshal(body, &wrapped) == nil {
+			body = wrapped.Value
+		}
+	}
+	for k, v := range rec.h {
+		w.Header()[k] = v
+	}
+	w.Header().Del("Content-Length")
+	if code == http.StatusOK && len(body) == 0 {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	w.WriteHeader(code)
+	_, _ = w.Write(body)
+}
+
+// apiToRest: /api/session and /api/cis/tagging/{category,tag,tag-association}[/ID].
+func apiToRest(p string) (string, bool) {
+	if p == "/api/session" {
+		return "/rest/com/vmware/cis/session", true
+	}
+	rest := strings.TrimPrefix(p, "/api/cis/tagging/")
+	if rest == p {
+		return "", false
+	}
+	parts := strings.SplitN(rest, "/", 2)
+	switch parts[0] {
+	case "category", "tag", "tag-association":
+	default:
+		return "", false
+	}
+	out := "/rest/com/vmware/cis/tagging/" + parts[0]
+	if len(parts) == 2 && parts[1] != "" {
+		out += "/id:" + parts[1]
+	}
+	return out, true
 }
 
 // cookieSpy records session cookies the simulator hands out, so they can be expired.
@@ -641,6 +806,25 @@ func control() http.Handler {
 		st.mu.Lock()
 		st.failRemove = n
 		st.mu.Unlock()
+	})
+	// POST /hold-snapshots?n=N: the next N CreateSnapshot_Task calls wait for each other.
+	m.HandleFunc("/hold-snapshots", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		st.mu.Lock()
+		st.holdN, st.holdArrived, st.holdTimedOut, st.snapMax = n, 0, false, 0
+		st.holdRelease = make(chan struct{})
+		st.mu.Unlock()
+	})
+	// POST /snapshots: the most CreateSnapshot_Task calls in flight at once, and the barrier.
+	m.HandleFunc("/snapshots", func(w http.ResponseWriter, r *http.Request) {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		line, _ := json.Marshal(map[string]interface{}{
+			"max_in_flight": st.snapMax,
+			"arrived":       st.holdArrived,
+			"timed_out":     st.holdTimedOut,
+		})
+		fmt.Fprintln(w, string(line))
 	})
 	m.HandleFunc("/current-time-calls", func(w http.ResponseWriter, r *http.Request) {
 		st.mu.Lock()
