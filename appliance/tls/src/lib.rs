@@ -11,6 +11,8 @@
 //! - [`serve`]: the accept loop (tokio-rustls + hyper + axum) that hands every request the
 //!   peer's address and certificate fingerprint ([`serve::Peer`]), with a server config
 //!   that can be swapped at run time (the agent switches to mTLS when it registers);
+//! - [`revocation`]: the revocation list the management CA signs (fingerprints of revoked
+//!   agent and admin certificates) and its verification;
 //! - [`http_client`]: a reqwest client on a given rustls config.
 //!
 //! It deliberately knows nothing about agents, plans or the registry: callers decide what
@@ -19,6 +21,7 @@
 
 pub mod license;
 pub mod pki;
+pub mod revocation;
 pub mod serve;
 pub mod trust;
 

@@ -141,6 +141,11 @@ impl Ca {
         &self.sha256
     }
 
+    /// The CA key, for signatures other than certificates (revocation lists).
+    pub(crate) fn signing_key(&self) -> &KeyPair {
+        self.issuer.key()
+    }
+
     /// Signs the key in `csr_pem` (after checking the CSR's own signature) for `role` and
     /// `name`. The CSR's subject and extensions are ignored: the CA decides them.
     pub fn sign_csr(
