@@ -37,4 +37,12 @@ if [ "$need_build" = 1 ]; then
         fi
     ) 9>"$out/.build.lock"
 fi
-exec "$bin" "$@"
+# The simulator keeps datastores in $TMPDIR and removes them only on a clean exit, but tests
+# kill it. Give each run a directory named by its PID (exec keeps it) and sweep those of dead runs.
+mkdir -p "$out/tmp"
+for d in "$out"/tmp/*; do
+    [ -d "$d" ] || continue
+    kill -0 "${d##*/}" 2>/dev/null || rm -rf "$d"
+done
+mkdir -p "$out/tmp/$$"
+TMPDIR="$out/tmp/$$" exec "$bin" "$@"
