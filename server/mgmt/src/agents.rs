@@ -190,11 +190,70 @@ pub async fn collect(m: &Mgmt, a: &AgentInfo) -> Result<CollectReport, MgmtError
     Ok(rep)
 }
 
-/// Pushes plans the agent has not got yet, then collects.
+/// Sends the revocation list to an agent unless it has this version already.
+pub async fn push_revocations(m: &Mgmt, a: &AgentInfo) -> Result<(), MgmtError> {
+    let list = m.revocation_list()?;
+    let version = list.verify(m.ca.cert_pem())?.version;
+    let done = m
+        .revocations_pushed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&a.id)
+        .copied();
+    if version == 0 || done.is_some_and(|d| d >= version) {
+        return Ok(());
+    }
+    let c = m.agent_client(&a.id)?;
+    let r = c
+        .put(url(a, "/v1/revocations"))
+        .json(&list)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| agent_err(&a.id, e))?;
+    check(&a.id, r).await?;
+    m.revocations_pushed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(a.id.clone(), version);
+    tracing::info!("revocation list version {version} pushed to agent {}", a.id);
+    Ok(())
+}
+
+/// Pushes the revocation list to every active agent, in the background.
+pub fn spawn_push_revocations(m: Arc<Mgmt>) {
+    tokio::spawn(async move {
+        let agents = match m.db.agents() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("revocation push: {e}");
+                return;
+            }
+        };
+        futures::stream::iter(agents.into_iter().filter(|a| a.state == AgentState::Active))
+            .for_each_concurrent(16, |a| {
+                let m = m.clone();
+                async move {
+                    // An agent that is down gets the list when it next says hello.
+                    if let Err(e) = push_revocations(&m, &a).await {
+                        tracing::info!("revocation list not pushed to {}: {e}", a.id);
+                    }
+                }
+            })
+            .await;
+    });
+}
+
+/// Pushes the revocation list and the plans the agent has not got yet, then collects.
 pub async fn sync_agent(m: &Mgmt, id: &str) -> Result<CollectReport, MgmtError> {
     let Some(a) = m.db.agent(id)? else {
         return Err(MgmtError::Invalid(format!("no agent {id}")));
     };
+    if a.state == AgentState::Active {
+        if let Err(e) = push_revocations(m, &a).await {
+            tracing::debug!("revocation list to {id}: {e}");
+        }
+    }
     for (name, body, updated, pushed) in m.db.plans(id)? {
         if pushed.is_some_and(|p| p >= updated) {
             continue;

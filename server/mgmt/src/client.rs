@@ -11,6 +11,7 @@ use ferry_api::v1::{
 use ferry_tls::trust::{client_config, Identity, ServerTrust};
 use futures::StreamExt;
 
+use crate::wire::{AdminCreate, AdminCreated, AdminInfo};
 use crate::MgmtError;
 
 /// Certificate, key and CA of an admin, from one PEM file.
@@ -58,6 +59,22 @@ impl AdminBundle {
             key_pem: key,
             ca_pem: ca,
         })
+    }
+
+    /// The bundle as one PEM text (certificate, key, CA): what [`AdminBundle::parse`] reads.
+    pub fn to_pem(&self) -> String {
+        format!("{}{}{}", self.cert_pem, self.key_pem, self.ca_pem)
+    }
+
+    /// Writes the bundle (0600, atomically); refuses to overwrite a file.
+    pub fn save(&self, path: &Path) -> Result<(), MgmtError> {
+        if path.exists() {
+            return Err(MgmtError::Invalid(format!(
+                "{} exists; not overwriting an admin bundle",
+                path.display()
+            )));
+        }
+        crate::write_private(path, self.to_pem().as_bytes())
     }
 
     /// Reads a bundle file.
@@ -184,6 +201,47 @@ impl AdminClient {
                 address: address.into(),
                 code: code.into(),
             },
+        )
+        .await
+    }
+
+    /// Adds an admin: makes its key here, has the server sign a CSR for it, and returns
+    /// the new admin's bundle (the key never leaves this process).
+    pub async fn add_admin(&self, name: &str) -> Result<(AdminBundle, AdminInfo), MgmtError> {
+        crate::wire::check_admin_name(name).map_err(MgmtError::Invalid)?;
+        let (key_pem, csr_pem) = ferry_tls::pki::new_key_and_csr(&format!("ferry admin {name}"))?;
+        let c: AdminCreated = self
+            .send(
+                reqwest::Method::POST,
+                "/v1/admins",
+                &AdminCreate {
+                    name: name.to_string(),
+                    csr_pem,
+                },
+            )
+            .await?;
+        Ok((
+            AdminBundle {
+                cert_pem: c.cert_pem,
+                key_pem,
+                ca_pem: c.ca_pem,
+            },
+            c.admin,
+        ))
+    }
+
+    /// Every admin.
+    pub async fn admins(&self) -> Result<Vec<AdminInfo>, MgmtError> {
+        self.get("/v1/admins").await
+    }
+
+    /// Revokes an admin: the server refuses it at once, and agents once they have the
+    /// new revocation list.
+    pub async fn revoke_admin(&self, name: &str) -> Result<AdminInfo, MgmtError> {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/admins/{name}/revoke"),
+            &serde_json::json!({}),
         )
         .await
     }

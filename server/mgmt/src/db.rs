@@ -1,7 +1,10 @@
 //! SQLite state: tokens, agents, admins, plans, collected jobs and logs.
 //!
 //! One connection behind a mutex (WAL, `synchronous=NORMAL`); every statement is short.
-//! The file is created 0600: it holds the plans' credentials.
+//! The file is created 0600. Plan bodies (plan and credentials) are sealed with the key
+//! in `secrets.key` ([`crate::secrets`]); rows written in clear by an older version are
+//! sealed at open, and the file is vacuumed so the clear text does not linger in free
+//! pages (`secure_delete` is on for the same reason).
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -10,6 +13,8 @@ use std::sync::Mutex;
 use ferry_api::v1::{AgentHello, AgentInfo, AgentState, CollectedJob, CollectedLog, JobRecord};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::secrets::{Sealer, SEALED_PREFIX};
+use crate::wire::AdminInfo;
 use crate::MgmtError;
 
 const SCHEMA: &str = "
@@ -29,6 +34,8 @@ CREATE TABLE IF NOT EXISTS plans (
 CREATE TABLE IF NOT EXISTS jobs (
     agent_id TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, started INTEGER NOT NULL,
     record TEXT NOT NULL, PRIMARY KEY (agent_id, seq));
+CREATE TABLE IF NOT EXISTS revoked (
+    sha256 TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, revoked INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS logs (
     agent_id TEXT NOT NULL, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, level TEXT NOT NULL,
     message TEXT NOT NULL, PRIMARY KEY (agent_id, seq));
@@ -43,7 +50,14 @@ pub type PlanRow = (String, String, i64, Option<i64>);
 
 /// The database.
 #[derive(Debug)]
-pub struct Db(Mutex<Connection>);
+pub struct Db {
+    conn: Mutex<Connection>,
+    sealer: Sealer,
+}
+
+fn plan_aad(agent: &str, name: &str) -> String {
+    format!("plan {name:?} of agent {agent}")
+}
 
 /// What redeeming a token found.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,8 +73,9 @@ pub enum TokenCheck {
 }
 
 impl Db {
-    /// Opens (creating 0600) and migrates.
-    pub fn open(path: &Path) -> Result<Db, MgmtError> {
+    /// Opens (creating 0600) and migrates; `key` is the key file for plan credentials,
+    /// created when missing unless the database already holds sealed rows.
+    pub fn open(path: &Path, key: &Path) -> Result<Db, MgmtError> {
         if !path.exists() {
             std::fs::OpenOptions::new()
                 .write(true)
@@ -71,15 +86,72 @@ impl Db {
         }
         let c = Connection::open(path).map_err(sql)?;
         c.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;
+             PRAGMA secure_delete=ON;",
         )
         .map_err(sql)?;
         c.execute_batch(SCHEMA).map_err(sql)?;
-        Ok(Db(Mutex::new(c)))
+        // Agents revoked before the revocation table existed.
+        c.execute(
+            "INSERT OR IGNORE INTO revoked (sha256, role, name, revoked)
+             SELECT cert_sha256, 'agent', id, COALESCE(last_seen, registered) FROM agents
+             WHERE state = 'revoked'",
+            [],
+        )
+        .map_err(sql)?;
+        let sealed: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM plans WHERE body LIKE 'sealed:%'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        let db = Db {
+            sealer: Sealer::load(key, sealed == 0)?,
+            conn: Mutex::new(c),
+        };
+        db.seal_clear_rows()?;
+        Ok(db)
+    }
+
+    /// Seals rows an older version stored in clear, and checks that every sealed row
+    /// opens with the key, so a wrong key file fails at start and not at the next push.
+    fn seal_clear_rows(&self) -> Result<(), MgmtError> {
+        let c = self.c();
+        let rows: Vec<(String, String, String)> = c
+            .prepare("SELECT agent_id, name, body FROM plans")
+            .map_err(sql)?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?;
+        let mut migrated = 0;
+        for (agent, name, body) in rows {
+            let aad = plan_aad(&agent, &name);
+            if body.starts_with(SEALED_PREFIX) {
+                self.sealer.open(&aad, &body)?;
+                continue;
+            }
+            let sealed = self.sealer.seal(&aad, &body)?;
+            c.execute(
+                "UPDATE plans SET body=?3 WHERE agent_id=?1 AND name=?2",
+                params![agent, name, sealed],
+            )
+            .map_err(sql)?;
+            migrated += 1;
+        }
+        if migrated > 0 {
+            c.execute_batch(
+                "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .map_err(sql)?;
+            tracing::info!("encrypted the credentials of {migrated} plans stored in clear");
+        }
+        Ok(())
     }
 
     fn c(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stores a token (its secret only as a hash).
@@ -278,7 +350,7 @@ impl Db {
         Ok(())
     }
 
-    /// Registers an admin certificate.
+    /// Registers the first admin's certificate (replacing a lost one's).
     pub fn add_admin(&self, name: &str, sha256: &str, now: i64) -> Result<(), MgmtError> {
         self.c()
             .execute(
@@ -289,11 +361,29 @@ impl Db {
         Ok(())
     }
 
-    /// The admin with this certificate.
+    /// Registers a new admin; a name is never reused, even after revocation.
+    pub fn create_admin(&self, name: &str, sha256: &str, now: i64) -> Result<(), MgmtError> {
+        let n = self
+            .c()
+            .execute(
+                "INSERT OR IGNORE INTO admins (name, cert_sha256, created) VALUES (?1,?2,?3)",
+                params![name, sha256, now],
+            )
+            .map_err(sql)?;
+        if n == 0 {
+            return Err(MgmtError::Invalid(format!(
+                "admin {name:?} exists already (names are not reused, even after revocation)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The admin with this certificate, unless it is revoked.
     pub fn admin_by_cert(&self, sha256: &str) -> Result<Option<String>, MgmtError> {
         self.c()
             .query_row(
-                "SELECT name FROM admins WHERE cert_sha256 = ?1",
+                "SELECT name FROM admins WHERE cert_sha256 = ?1
+                 AND cert_sha256 NOT IN (SELECT sha256 FROM revoked)",
                 params![sha256],
                 |r| r.get(0),
             )
@@ -301,12 +391,75 @@ impl Db {
             .map_err(sql)
     }
 
-    /// Stores a plan push (plan and credentials, JSON).
+    /// Every admin, by creation time.
+    pub fn admins(&self) -> Result<Vec<AdminInfo>, MgmtError> {
+        let c = self.c();
+        let mut st = c
+            .prepare(
+                "SELECT a.name, a.cert_sha256, a.created, r.revoked FROM admins a
+                 LEFT JOIN revoked r ON r.sha256 = a.cert_sha256 ORDER BY a.created, a.name",
+            )
+            .map_err(sql)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(AdminInfo {
+                    name: r.get(0)?,
+                    cert_sha256: r.get(1)?,
+                    created_unix: r.get(2)?,
+                    revoked_unix: r.get(3)?,
+                })
+            })
+            .map_err(sql)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql)?;
+        Ok(rows)
+    }
+
+    /// Puts a certificate on the revocation list (once).
+    pub fn revoke_cert(
+        &self,
+        sha256: &str,
+        role: &str,
+        name: &str,
+        now: i64,
+    ) -> Result<(), MgmtError> {
+        self.c()
+            .execute(
+                "INSERT OR IGNORE INTO revoked (sha256, role, name, revoked) VALUES (?1,?2,?3,?4)",
+                params![sha256, role, name, now],
+            )
+            .map_err(sql)?;
+        Ok(())
+    }
+
+    /// The revocation list, oldest first.
+    pub fn revoked(&self) -> Result<Vec<ferry_tls::revocation::Revoked>, MgmtError> {
+        let c = self.c();
+        let mut st = c
+            .prepare("SELECT sha256, role, name, revoked FROM revoked ORDER BY revoked, sha256")
+            .map_err(sql)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ferry_tls::revocation::Revoked {
+                    sha256: r.get(0)?,
+                    role: r.get(1)?,
+                    name: r.get(2)?,
+                    revoked_unix: r.get(3)?,
+                })
+            })
+            .map_err(sql)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql)?;
+        Ok(rows)
+    }
+
+    /// Stores a plan push (plan and credentials, JSON), sealed.
     pub fn put_plan(&self, agent: &str, name: &str, body: &str, now: i64) -> Result<(), MgmtError> {
+        let sealed = self.sealer.seal(&plan_aad(agent, name), body)?;
         self.c()
             .execute(
                 "INSERT OR REPLACE INTO plans (agent_id, name, body, updated) VALUES (?1,?2,?3,?4)",
-                params![agent, name, body, now],
+                params![agent, name, sealed, now],
             )
             .map_err(sql)?;
         Ok(())
@@ -323,22 +476,30 @@ impl Db {
         Ok(())
     }
 
-    /// Plans of an agent: (name, body, updated, pushed).
+    /// Plans of an agent: (name, body opened, updated, pushed).
     pub fn plans(&self, agent: &str) -> Result<Vec<PlanRow>, MgmtError> {
-        let c = self.c();
-        let mut st = c
-            .prepare(
-                "SELECT name, body, updated, pushed FROM plans WHERE agent_id=?1 ORDER BY name",
-            )
-            .map_err(sql)?;
-        let rows = st
-            .query_map(params![agent], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        let rows: Vec<PlanRow> = {
+            let c = self.c();
+            let mut st = c
+                .prepare(
+                    "SELECT name, body, updated, pushed FROM plans WHERE agent_id=?1 ORDER BY name",
+                )
+                .map_err(sql)?;
+            let rows = st
+                .query_map(params![agent], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .map_err(sql)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql)?;
+            rows
+        };
+        rows.into_iter()
+            .map(|(name, body, updated, pushed)| {
+                let body = self.sealer.open(&plan_aad(agent, &name), &body)?;
+                Ok((name, body, updated, pushed))
             })
-            .map_err(sql)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(sql)?;
-        Ok(rows)
+            .collect()
     }
 
     /// Collection cursors (jobs, logs).

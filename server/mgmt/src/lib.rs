@@ -4,17 +4,19 @@
 //! - the state directory: `ca.pem` + `ca.key` (0600), `server.pem` + `server.key` (0600,
 //!   the TLS server certificate for [`ferry_api::MGMT_SERVER_NAME`], also the client
 //!   certificate the server presents to agents), `admin.pem` (0600: the first admin's
-//!   certificate, key and the CA, for the CLI), `license.key` (0600, when the license
-//!   service is on) and `mgmt.db` (0600, SQLite, [`db`]);
+//!   certificate, key and the CA, for the CLI), `secrets.key` (0600, the key that seals
+//!   plan credentials, [`secrets`]), `license.key` (0600, when the license service is on)
+//!   and `mgmt.db` (0600, SQLite, [`db`]);
 //! - enrollment tokens (one-time, expiring; stored as SHA-256 of the secret), the agent
-//!   registry, revocation, plans (with their credentials), collected job records and logs;
+//!   registry, admins, revocation and the signed revocation list pushed to agents, plans
+//!   (with their credentials, sealed), collected job records and logs;
 //! - the HTTPS API ([`routes`], documented in `ferry-api`), pairing with an agent, pushing
 //!   plans, collecting jobs and logs by cursor ([`agents`]), the optional license service;
 //! - [`client::AdminClient`]: the same API from the admin's side.
 //!
 //! It does not back anything up: the agents do. Credentials are stored in the database
-//! (0600) and sent only to the agent a plan is for, over mTLS; no answer and no log line
-//! carries them.
+//! sealed with ChaCha20-Poly1305 and sent only to the agent a plan is for, over mTLS; no
+//! answer and no log line carries them.
 //!
 //! # Trust
 //! Agents enroll with a token `ID.SECRET.CA_SHA256`: the third part pins this server's CA,
@@ -31,19 +33,32 @@
 //! - **Pairing** is two calls on the agent (`/v1/pair/csr`, `/v1/pair/complete`), each with
 //!   the console code; the server trusts the agent's self-signed certificate only for those
 //!   two calls. Five wrong codes make the agent show a new one.
-//! - **Revocation** is enforced here (hello, collection, plan push, run-now refuse the
-//!   agent at once); agents are not sent a CRL, and an agent accepts every admin
-//!   certificate of the CA (there is one admin, `admin.pem`, today).
-//! - **Credentials** are stored in `mgmt.db` (0600) in clear, to be re-pushed to an agent
-//!   that missed a push; not encrypted at rest yet.
+//! - **Revocation** is enforced here at once (hello, collection, plan push, run-now refuse
+//!   a revoked agent; a revoked admin's calls get 403). Every revocation also goes on a
+//!   list of certificate fingerprints that the CA signs ([`ferry_tls::revocation`]); the
+//!   server pushes it to every agent after a revocation (`PUT /v1/revocations` on the
+//!   agent) and at each sync, and agents fetch it after each hello
+//!   (`GET /v1/agent/revocations`). Agents refuse the certificates on it. Fingerprints
+//!   rather than an X.509 CRL: the registry names certificates by fingerprint, and agents
+//!   registered before serials were kept could not be listed by serial.
+//! - **Admins** (`/v1/admins`): the CLI makes the key and sends a CSR, so an admin's key
+//!   never leaves the admin's machine. Names are never reused, and the last active admin
+//!   cannot be revoked (nobody could add another).
+//! - **Credentials** are kept (to re-push to an agent that missed a push) sealed under
+//!   `secrets.key`. Losing that file loses the stored credentials: the server refuses to
+//!   start rather than create a new key over sealed rows; re-applying the plans recovers.
+//!   The key sits beside `ca.key`, so this protects copies of `mgmt.db` (backups,
+//!   support bundles), not a compromised state directory.
 //! - **Addresses.** The server reaches an agent at its `advertise` address, else its first
-//!   reported address, else the TCP peer; the QEMU test reaches the host through slirp's
-//!   10.0.2.2 (host loopback) rather than a `guestfwd` rule.
+//!   reported address, else the TCP peer. The QEMU test reaches the host through a slirp
+//!   `guestfwd` rule (10.0.2.100:9876, one `socat` per connection).
 
 pub mod agents;
 pub mod client;
 pub mod db;
 pub mod routes;
+pub mod secrets;
+pub mod wire;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -80,6 +95,9 @@ pub enum MgmtError {
     /// The caller asked for something wrong.
     #[error("{0}")]
     Invalid(String),
+    /// The key that seals plan credentials.
+    #[error("plan credentials: {0}")]
+    Secrets(String),
 }
 
 /// License service settings: every agent gets a license with these terms at registration.
@@ -127,6 +145,8 @@ pub struct Mgmt {
     pub license: Option<ferry_tls::license::Issuer>,
     /// Per-agent HTTP clients (each checks that agent's name).
     clients: std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>,
+    /// The revocation list version each agent has acknowledged (since this start).
+    pub(crate) revocations_pushed: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Now in Unix seconds.
@@ -180,7 +200,7 @@ impl Mgmt {
         let dir = &opts.state_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| MgmtError::Io(format!("mkdir {}: {e}", dir.display())))?;
-        let db = db::Db::open(&dir.join("mgmt.db"))?;
+        let db = db::Db::open(&dir.join("mgmt.db"), &dir.join("secrets.key"))?;
         let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
         let ca = if ca_key.exists() {
             Ca::from_pem(&read(&ca_cert)?, &read(&ca_key)?)?
@@ -226,7 +246,67 @@ impl Mgmt {
             opts,
             license,
             clients: std::sync::Mutex::new(std::collections::HashMap::new()),
+            revocations_pushed: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
+    }
+
+    /// The current revocation list, signed. Its version is the number of entries: the
+    /// list only grows.
+    pub fn revocation_list(&self) -> Result<ferry_tls::revocation::SignedRevocations, MgmtError> {
+        let entries = self.db.revoked()?;
+        let l = ferry_tls::revocation::RevocationList {
+            version: entries.len() as u64,
+            issued_unix: now(),
+            entries,
+        };
+        Ok(self.ca.sign_revocations(&l)?)
+    }
+
+    /// Issues an admin certificate for `csr_pem` and registers it.
+    pub fn create_admin(&self, name: &str, csr_pem: &str) -> Result<wire::AdminCreated, MgmtError> {
+        wire::check_admin_name(name).map_err(MgmtError::Invalid)?;
+        let cert_pem = self
+            .ca
+            .sign_csr(csr_pem, Role::Admin, name, 825)
+            .map_err(|e| MgmtError::Invalid(e.to_string()))?;
+        let sha = ferry_tls::pem_sha256(&cert_pem)?;
+        let t = now();
+        self.db.create_admin(name, &sha, t)?;
+        Ok(wire::AdminCreated {
+            admin: wire::AdminInfo {
+                name: name.to_string(),
+                cert_sha256: sha,
+                created_unix: t,
+                revoked_unix: None,
+            },
+            cert_pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+        })
+    }
+
+    /// Revokes an admin; refuses to revoke the last active one.
+    pub fn revoke_admin(&self, name: &str) -> Result<wire::AdminInfo, MgmtError> {
+        let all = self.db.admins()?;
+        let Some(a) = all.iter().find(|a| a.name == name) else {
+            return Err(MgmtError::Invalid(format!("no admin {name:?}")));
+        };
+        if a.revoked_unix.is_none()
+            && all
+                .iter()
+                .filter(|x| x.revoked_unix.is_none() && x.name != name)
+                .count()
+                == 0
+        {
+            return Err(MgmtError::Invalid(format!(
+                "{name} is the last active admin; add another before revoking it"
+            )));
+        }
+        self.db.revoke_cert(&a.cert_sha256, "admin", name, now())?;
+        self.db
+            .admins()?
+            .into_iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| MgmtError::Invalid(format!("no admin {name:?}")))
     }
 
     /// The TLS server config: client certificates of the CA optional (enrollment has none).

@@ -18,6 +18,7 @@ use ferry_tls::serve::Peer;
 use serde::Deserialize;
 
 use crate::db::TokenCheck;
+use crate::wire::{AdminCreate, AdminCreated, AdminInfo};
 use crate::{agents, now, random_hex, sha256_str, Mgmt, MgmtError};
 
 /// An error answer.
@@ -34,6 +35,7 @@ impl From<MgmtError> for Fail {
     fn from(e: MgmtError) -> Self {
         let code = match &e {
             MgmtError::Invalid(_) => StatusCode::BAD_REQUEST,
+            MgmtError::Secrets(_) => StatusCode::SERVICE_UNAVAILABLE,
             MgmtError::Agent { .. } => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -53,6 +55,9 @@ pub fn router(m: Arc<Mgmt>) -> Router {
         .route("/v1/enroll", post(enroll))
         .route("/v1/agent/hello", post(hello))
         .route("/v1/agent/license", get(agent_license))
+        .route("/v1/agent/revocations", get(agent_revocations))
+        .route("/v1/admins", get(admins_list).post(admin_create))
+        .route("/v1/admins/{name}/revoke", post(admin_revoke))
         .route("/v1/tokens", post(token_create))
         .route("/v1/agents", get(agents_list))
         .route("/v1/agents/pair", post(pair))
@@ -209,6 +214,53 @@ async fn agent_license(
         .ok_or_else(|| Fail(StatusCode::NOT_FOUND, "the license service is off".into()))
 }
 
+async fn agent_revocations(
+    State(m): State<Arc<Mgmt>>,
+    Extension(peer): Extension<Peer>,
+) -> R<ferry_tls::revocation::SignedRevocations> {
+    agent(&m, &peer)?;
+    Ok(Json(m.revocation_list()?))
+}
+
+async fn admins_list(
+    State(m): State<Arc<Mgmt>>,
+    Extension(peer): Extension<Peer>,
+) -> R<Vec<AdminInfo>> {
+    admin(&m, &peer)?;
+    Ok(Json(m.db.admins()?))
+}
+
+async fn admin_create(
+    State(m): State<Arc<Mgmt>>,
+    Extension(peer): Extension<Peer>,
+    b: Bytes,
+) -> R<AdminCreated> {
+    let who = admin(&m, &peer)?;
+    let req: AdminCreate = body(&b)?;
+    let c = m.create_admin(&req.name, &req.csr_pem)?;
+    tracing::info!(
+        "audit: admin {who} added admin {} (cert sha256 {})",
+        c.admin.name,
+        c.admin.cert_sha256
+    );
+    Ok(Json(c))
+}
+
+async fn admin_revoke(
+    State(m): State<Arc<Mgmt>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> R<AdminInfo> {
+    let who = admin(&m, &peer)?;
+    let a = m.revoke_admin(&name)?;
+    tracing::warn!(
+        "audit: admin {who} revoked admin {name} (cert sha256 {})",
+        a.cert_sha256
+    );
+    agents::spawn_push_revocations(m.clone());
+    Ok(Json(a))
+}
+
 async fn token_create(
     State(m): State<Arc<Mgmt>>,
     Extension(peer): Extension<Peer>,
@@ -227,7 +279,7 @@ async fn token_create(
         t.note.as_deref(),
     )?;
     tracing::info!(
-        "admin {who} created enrollment token {} (expires {})",
+        "audit: admin {who} created enrollment token {} (expires {})",
         tok.id,
         tok.expires_unix
     );
@@ -250,7 +302,7 @@ async fn pair(
     let who = admin(&m, &peer)?;
     let req: PairRequest = body(&b)?;
     let a = agents::pair(&m, &req.address, &req.code).await?;
-    tracing::info!("admin {who} paired agent {} at {}", a.id, a.address);
+    tracing::info!("audit: admin {who} paired agent {} at {}", a.id, a.address);
     Ok(Json(a))
 }
 
@@ -265,9 +317,11 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> R<AgentInfo> {
     let who = admin(&m, &peer)?;
-    known_agent(&m, &id)?;
+    let a = known_agent(&m, &id)?;
     m.db.set_agent_state(&id, AgentState::Revoked)?;
-    tracing::warn!("admin {who} revoked agent {id}");
+    m.db.revoke_cert(&a.cert_sha256, "agent", &id, now())?;
+    tracing::warn!("audit: admin {who} revoked agent {id}");
+    agents::spawn_push_revocations(m.clone());
     Ok(Json(known_agent(&m, &id)?))
 }
 
@@ -309,7 +363,14 @@ async fn plan_put(
     m.db.put_plan(&id, &name, &text, now())?;
     let s = agents::push_plan(&m, &a, &push).await?;
     m.db.plan_pushed(&id, &name, now())?;
-    tracing::info!("admin {who} deployed plan {name} to agent {id}");
+    tracing::info!(
+        "audit: admin {who} deployed plan {name} to agent {id} (credentials {})",
+        push.credentials
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     Ok(Json(s))
 }
 
@@ -348,8 +409,8 @@ async fn run_now(
     if a.state == AgentState::Revoked {
         return Err(Fail(StatusCode::CONFLICT, format!("agent {id} is revoked")));
     }
+    tracing::info!("audit: admin {who} runs plan {name} now on agent {id}");
     let resp = agents::run_now(&m, &a, &name).await?;
-    tracing::info!("admin {who} started plan {name} on agent {id}");
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(resp.bytes_stream()),
