@@ -15,7 +15,7 @@
 //! names = ["web-1"]
 //! globs = ["db-*"]
 //! folders = ["/DC0/vm/prod"]
-//! tags = []                     # not supported yet: refused when not empty
+//! tags = ["backup-gold", "tier/silver"]  # vSphere tags: "tag" or "category/tag"
 //!
 //! [destination]
 //! url = "sftp://backup@nas:22/ferry"
@@ -114,7 +114,7 @@ pub struct VmSelection {
     /// Inventory folders (`/DC/vm/folder`): every VM below them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub folders: Vec<String>,
-    /// vSphere tags (not supported yet).
+    /// vSphere tags: `tag`, or `category/tag` when the name is in several categories.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// Names or patterns to leave out.
@@ -348,14 +348,25 @@ impl Plan {
             }
         }
         let v = &self.vms;
-        if !v.all && v.names.is_empty() && v.globs.is_empty() && v.folders.is_empty() {
+        if !v.all
+            && v.names.is_empty()
+            && v.globs.is_empty()
+            && v.folders.is_empty()
+            && v.tags.is_empty()
+        {
             return Err(err(
                 "vms",
-                "select VMs with names, globs or folders, or set all = true",
+                "select VMs with names, globs, folders or tags, or set all = true",
             ));
         }
-        if !v.tags.is_empty() {
-            return Err(err("vms.tags", "selection by tag is not supported yet"));
+        for (i, t) in v.tags.iter().enumerate() {
+            let name = t.split_once('/').map_or(t.as_str(), |(_, n)| n);
+            if name.trim().is_empty() || t.starts_with('/') {
+                return Err(err(
+                    &format!("vms.tags[{i}]"),
+                    "a tag name, or CATEGORY/TAG",
+                ));
+            }
         }
         for (i, f) in v.folders.iter().enumerate() {
             if !f.starts_with('/') {
@@ -487,6 +498,10 @@ keep_last = 3
             ),
             (GOOD.replace("verify = true", "verify = 3"), "verify"),
             (
+                GOOD.replace("names = [\"DC0_H0_VM0\"]", "tags = [\"tier/\"]"),
+                "vms.tags[0]",
+            ),
+            (
                 format!("{GOOD}[options]\nparallel_vms = 0\n"),
                 "options.parallel_vms",
             ),
@@ -499,6 +514,12 @@ keep_last = 3
             let e = Plan::from_toml(&text).unwrap_err();
             assert!(e.field.starts_with(field), "{field}: got {e}");
         }
+        let tagged = Plan::from_toml(&GOOD.replace(
+            "names = [\"DC0_H0_VM0\"]",
+            "tags = [\"gold\", \"tier/silver\"]",
+        ))
+        .unwrap();
+        assert_eq!(tagged.vms.tags, ["gold", "tier/silver"]);
         let e = Plan::from_toml(&GOOD.replace("keep_last = 3", "keep_lats = 3")).unwrap_err();
         assert!(e.message.contains("keep_lats"), "{e}");
     }

@@ -2,7 +2,8 @@
 //!
 //! # What this crate owns
 //! - selecting the plan's VMs in the inventory: names, `*`/`?` globs, inventory folders
-//!   (`/DC/vm/sub`), or all, minus exclusions;
+//!   (`/DC/vm/sub`), vSphere tags (`tag` or `category/tag`, through the vAPI REST API), or
+//!   all, minus exclusions; a tag that does not exist fails the job, naming it;
 //! - opening the plan's storage with the credential pushed with the plan (no environment),
 //!   creating the repository when the location is empty and the plan allows it;
 //! - backing each VM up with [`ferry_vsphere::backup_vm`] (snapshot, CBT incremental
@@ -149,11 +150,17 @@ pub async fn select_vms(client: &Client, plan: &Plan) -> Result<Vec<(String, Str
         format!("/{}", names.join("/"))
     };
     let s = &plan.vms;
+    let mut tagged = std::collections::HashSet::new();
+    for (tag, refs) in client.vms_with_tags(&s.tags).await.map_err(e)? {
+        tracing::info!("plan {}: tag {tag:?} is on {} VMs", plan.name, refs.len());
+        tagged.extend(refs.into_iter().map(|r| r.value));
+    }
     let mut out = Vec::new();
     for o in vms {
         let name = o.text("name").unwrap_or_default().to_string();
         let folder = folder_of(o.text("parent").map(str::to_string));
         let chosen = s.all
+            || tagged.contains(&o.obj.value)
             || s.names.iter().any(|n| n == &name)
             || s.globs.iter().any(|g| glob_match(g, &name))
             || s.folders.iter().any(|f| {

@@ -290,6 +290,10 @@ impl Client {
         self.inner.logins.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn credentials(&self) -> &Credentials {
+        &self.inner.creds
+    }
+
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.inner.http
     }

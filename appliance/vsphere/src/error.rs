@@ -101,6 +101,14 @@ pub enum VsphereError {
         #[source]
         source: XmlError,
     },
+    /// A vAPI (REST) answer that is not the expected shape.
+    #[error("{what}: {message}")]
+    Vapi {
+        /// What was being done.
+        what: String,
+        /// What is wrong with the answer.
+        message: String,
+    },
     /// A VM (or other object) that the inventory does not have.
     #[error("{0} not found")]
     NotFound(String),

@@ -8,7 +8,9 @@
 //! - [`task`], [`snapshot`]: tasks, snapshots, CBT (`QueryChangedDiskAreas`);
 //! - [`datastore`]: `/folder` HTTPS range reads (the VMDK reader's byte source) and PUT;
 //! - [`job`]: `backup_vm` and the disk restores, on top of `ferry-archive` and `ferry-vmdk`;
-//! - [`restore`]: a whole VM restored as a new VM (disks uploaded, then `CreateVM_Task`).
+//! - [`restore`]: a whole VM restored as a new VM (disks uploaded, then `CreateVM_Task`);
+//! - [`tags`]: the VMs carrying a vSphere tag, through the vAPI REST API (tagging is not
+//!   in SOAP).
 //!
 //! It deliberately does not parse VMDK files (that is `ferry-vmdk`), store anything (that
 //! is `ferry-archive`), or speak NFC (later). Passwords and session cookies never reach a
@@ -22,6 +24,7 @@ pub mod job;
 pub mod restore;
 pub mod snapshot;
 pub mod soap;
+pub mod tags;
 pub mod task;
 pub mod tls;
 pub mod xml;
@@ -36,4 +39,5 @@ pub use job::{
 pub use restore::{restore_vm, VmRestoreOptions, VmRestoreReport};
 pub use snapshot::{TakenSnapshot, SNAPSHOT_PREFIX};
 pub use soap::MoRef;
+pub use tags::{TagSpec, VapiDialect};
 pub use tls::Trust;
