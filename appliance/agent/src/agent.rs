@@ -10,6 +10,7 @@ use crate::events::EventLog;
 use crate::jobs::JobStore;
 use crate::license::LicenseStore;
 use crate::plans::PlanStore;
+use crate::revocation::RevocationStore;
 
 /// Everything the API handlers and background tasks share.
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub struct Agent {
     pub plans: PlanStore,
     pub jobs: JobStore,
     pub license: LicenseStore,
+    /// Certificates the management CA revoked.
+    pub revoked: RevocationStore,
     /// Wakes the hello loop (after registration).
     pub hello_now: Notify,
 }

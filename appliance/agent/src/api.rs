@@ -7,13 +7,16 @@
 //! - `GET /v1/logs[?lines=N]`: the log ring (init and agent), as text.
 //! - `POST /v1/pair/csr`, `POST /v1/pair/complete`: pairing (unregistered only).
 //! - plans, jobs, progress, events and license: see `ferry-api`; registered only.
+//! - `PUT /v1/revocations` (the management server only): a signed revocation list
+//!   ([`ferry_tls::revocation::SignedRevocations`]); `GET /v1/revocations`: the version
+//!   held and how many certificates are on it.
 //! - `POST /v1/debug/crash`: aborts the agent so tests can watch init restart
 //!   it; only present when the appliance booted with `ferry.debug=1`.
 //!
 //! Access: before registration only status, logs, pairing and the debug hooks
 //! answer. After it, TLS admits only certificates of the management CA, and
 //! this gate admits only the management server's and admins' (not other
-//! agents').
+//! agents'), and none on the revocation list.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -61,7 +64,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/jobs", get(jobs_page))
         .route("/v1/jobs/{id}/progress", get(job_progress))
         .route("/v1/events", get(events_page))
-        .route("/v1/license", put(license_put));
+        .route("/v1/license", put(license_put))
+        .route("/v1/revocations", get(revocations_get).put(revocations_put));
     if ctx.debug {
         r = r.route("/v1/debug/crash", post(crash));
         r = r.route(
@@ -95,6 +99,27 @@ async fn gate(
             return fail(
                 StatusCode::FORBIDDEN,
                 "only the management server and admins may call this agent",
+            );
+        }
+        if let Some(fp) = &peer.cert_sha256 {
+            if ctx.agent.revoked.is_revoked(fp) {
+                tracing::warn!(
+                    "refused a revoked certificate ({}, sha256 {fp}) from {}",
+                    peer.names.join(","),
+                    peer.addr
+                );
+                return fail(StatusCode::FORBIDDEN, "this certificate is revoked");
+            }
+        }
+        // Only the management server replaces the list (an admin could otherwise push an
+        // older one; the version check refuses that too).
+        if path == "/v1/revocations"
+            && req.method() == axum::http::Method::PUT
+            && !peer.names.iter().any(|n| n == ferry_api::MGMT_SERVER_NAME)
+        {
+            return fail(
+                StatusCode::FORBIDDEN,
+                "only the management server sends revocation lists",
             );
         }
     } else {
@@ -153,6 +178,7 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
         "tls": { "sha256": reg.cert_sha256 },
         "registration": reg,
         "license": ctx.agent.license.state(),
+        "revocations": ctx.agent.revoked.state(),
         "plans": ctx.agent.plans.list().len(),
     }))
 }
@@ -434,6 +460,21 @@ async fn job_progress(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Re
         }
     };
     ([(header::CONTENT_TYPE, "application/x-ndjson")], stream).into_response()
+}
+
+async fn revocations_get(State(ctx): State<Arc<Ctx>>) -> Response {
+    Json(ctx.agent.revoked.state()).into_response()
+}
+
+async fn revocations_put(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
+    let l: ferry_tls::revocation::SignedRevocations = match body(&b) {
+        Ok(r) => r,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
+    };
+    match ctx.agent.revoked.install(l) {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => fail(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
 }
 
 async fn license_put(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {

@@ -21,6 +21,7 @@ mod jobs;
 mod license;
 mod plans;
 mod registration;
+mod revocation;
 mod storage_check;
 
 use std::net::SocketAddr;
@@ -105,6 +106,7 @@ async fn run(state_dir: PathBuf, events: Arc<events::EventLog>) -> anyhow::Resul
         plans: plans::PlanStore::open(&state_dir),
         jobs: jobs::JobStore::open(&state_dir),
         license: license::LicenseStore::open(&state_dir),
+        revoked: revocation::RevocationStore::open(&state_dir),
         state_dir,
         hostname,
         port: addr.port(),

@@ -11,7 +11,8 @@
 //!   signed certificate in `<state>/tls/cert.pem`) the server config switches to TLS 1.3
 //!   with required client certificates of the management CA, at once and at every start.
 //! - **Hello:** once registered, the agent tells the management server when it starts and
-//!   whenever its addresses change (`POST /v1/agent/hello`), and renews its license there.
+//!   whenever its addresses change (`POST /v1/agent/hello`), renews its license there, and
+//!   fetches the revocation list (`GET /v1/agent/revocations`; revocation.rs).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -390,6 +391,22 @@ async fn send_hello(agent: &Agent, h: &AgentHello) -> Result<Option<HelloRespons
         .await
         .map_err(|e| e.to_string())?;
     let resp: HelloResponse = answer(r).await.map_err(|(_, e)| e)?;
+    match c
+        .get(format!("{url}/v1/agent/revocations"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+    {
+        Ok(r) => match answer::<ferry_tls::revocation::SignedRevocations>(r).await {
+            Ok(l) => {
+                if let Err(e) = agent.revoked.install(l) {
+                    tracing::warn!("revocation list from the management server refused: {e}");
+                }
+            }
+            Err((_, e)) => tracing::debug!("revocation list: {e}"),
+        },
+        Err(e) => tracing::debug!("revocation list: {e}"),
+    }
     if agent.license.wants_renewal() {
         if let Ok(r) = c
             .get(format!("{url}/v1/agent/license"))
