@@ -11,7 +11,8 @@
 //! `FERRY_AGENT_START` (from init); `FERRY_LISTEN` (default `0.0.0.0:9876`);
 //! `FERRY_MGMT` and `FERRY_TOKEN` (agent-initiated registration); `FERRY_ADVERTISE`
 //! (`host:port` the management server should use); `FERRY_ADDR_POLL` (seconds between
-//! address checks, default 10); `FERRY_LICENSE`, `FERRY_LICENSE_ISSUER` (license.rs).
+//! address checks, default 10); `FERRY_HELLO_EVERY` (seconds between hellos when nothing
+//! changed, default 300); `FERRY_LICENSE`, `FERRY_LICENSE_ISSUER` (license.rs).
 
 mod agent;
 mod api;

@@ -344,26 +344,37 @@ async fn enroll_once(
     answer(r).await
 }
 
-/// Says hello at start, when the addresses change, and when asked; renews the license.
+/// Says hello at start, when the addresses change, when asked, and every
+/// `FERRY_HELLO_EVERY` seconds (default 300: an agent the server cannot reach, behind NAT,
+/// still gets the revocation list and its license renewal); renews the license.
 pub async fn hello_loop(agent: Arc<Agent>) {
-    let poll = std::env::var("FERRY_ADDR_POLL")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(10));
+    let secs = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs_f64)
+            .unwrap_or(Duration::from_secs(d))
+    };
+    let poll = secs("FERRY_ADDR_POLL", 10);
+    let every = secs("FERRY_HELLO_EVERY", 300);
     let mut sent: Option<AgentHello> = None;
+    let mut last = tokio::time::Instant::now();
     loop {
         let h = agent.hello();
-        if sent.as_ref() != Some(&h) {
+        let changed = sent.as_ref() != Some(&h);
+        if changed || last.elapsed() >= every {
             match send_hello(&agent, &h).await {
                 Ok(Some(r)) => {
-                    tracing::info!("management server reaches this agent at {}", r.address);
+                    if changed {
+                        tracing::info!("management server reaches this agent at {}", r.address);
+                    }
                     agent
                         .reg
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .last_error = None;
                     sent = Some(h);
+                    last = tokio::time::Instant::now();
                 }
                 Ok(None) => {}
                 Err(e) => {

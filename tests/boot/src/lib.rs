@@ -83,6 +83,9 @@ pub struct BootOpts {
     pub guest_ip: String,
     /// Boot the appliance disk through OVMF instead of the kernel directly.
     pub disk: Option<DiskBoot>,
+    /// slirp `guestfwd` rules (`tcp:10.0.2.100:9876-cmd:socat - TCP:127.0.0.1:PORT`): a
+    /// guest address that reaches a host service, with no route to the host's loopback.
+    pub guestfwd: Vec<String>,
 }
 
 /// Booting the appliance's VMDK the way vCenter does: UEFI firmware, the
@@ -105,6 +108,7 @@ impl Default for BootOpts {
             nic: "e1000",
             guest_ip: "10.0.2.15".into(),
             disk: None,
+            guestfwd: Vec::new(),
         }
     }
 }
@@ -197,8 +201,13 @@ impl Vm {
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
             .arg("-netdev")
             .arg(format!(
-                "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{}:9876",
-                opts.guest_ip
+                "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{}:9876{}",
+                opts.guest_ip,
+                opts.guestfwd
+                    .iter()
+                    // QEMU's option syntax escapes a comma by doubling it.
+                    .map(|r| format!(",guestfwd={}", r.replace(',', ",,")))
+                    .collect::<String>()
             ))
             .arg("-device")
             .arg(format!("{},netdev=n0", opts.nic))

@@ -149,6 +149,7 @@ fn static_address_and_sntp_from_cmdline() {
         nic: "virtio-net-pci",
         guest_ip: "10.0.2.50".into(),
         disk: None,
+        ..BootOpts::default()
     };
     let mut vm = Vm::boot(&opts).unwrap();
     let ready = vm.wait_console(READY, BOOT_TIMEOUT).unwrap();
