@@ -336,7 +336,9 @@ pub(crate) fn chunk_size(s: &str) -> anyhow::Result<u32> {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // The management server's info lines (registrations, audit lines naming the
+        // admin) are its log; a plain `ferry mgmt serve` must show them.
+        0 => "warn,ferry_mgmt=info",
         1 => "info",
         _ => "debug",
     };

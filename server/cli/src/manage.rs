@@ -1,9 +1,10 @@
 //! Remote management: `ferry mgmt serve|token create|agents list|add|revoke`,
-//! `ferry plan apply|list`, `ferry jobs list|show|run-now`, `ferry logs --agent`.
+//! `ferry mgmt admins add|list|revoke`, `ferry plan apply|list`,
+//! `ferry jobs list|show|run-now`, `ferry logs --agent`.
 //!
 //! Everything but `mgmt serve` talks to the management server (`--mgmt`, `FERRY_MGMT`)
 //! with an admin bundle (`--admin-cert`, `FERRY_ADMIN_CERT`; the server writes the first
-//! one to `<state>/admin.pem`).
+//! one to `<state>/admin.pem`, `admins add` writes the others, 0600).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,6 +55,37 @@ pub enum MgmtCmd {
     /// The agent registry.
     #[command(subcommand)]
     Agents(AgentsCmd),
+    /// Admins: each has its own client certificate.
+    #[command(subcommand)]
+    Admins(AdminsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminsCmd {
+    /// Add an admin: makes a key here, has the server sign it, writes the bundle (0600).
+    Add {
+        /// Name: 1 to 32 of a-z, 0-9 and '-'.
+        name: String,
+        /// Where to write the new admin's bundle (certificate, key, CA; default
+        /// `admin-NAME.pem`); an existing file is never overwritten.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List admins and whether they are revoked.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke an admin: the server refuses it at once, agents once they have the new
+    /// revocation list (pushed to them now, fetched at their next contact).
+    Revoke {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -417,6 +449,54 @@ pub async fn mgmt(cmd: &MgmtCmd, rep: &Reporter) -> anyhow::Result<ExitCode> {
         MgmtCmd::Agents(AgentsCmd::Revoke { id, conn }) => {
             let a = conn.client()?.revoke(id).await?;
             rep.result(&a, || format!("agent {} is {}", a.id, a.state.as_str()));
+        }
+        MgmtCmd::Admins(AdminsCmd::Add { name, out, conn }) => {
+            let out = out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("admin-{name}.pem")));
+            if out.exists() {
+                bail!("{} exists; not overwriting an admin bundle", out.display());
+            }
+            let (bundle, info) = conn.client()?.add_admin(name).await?;
+            bundle
+                .save(&out)
+                .with_context(|| format!("admin {name} was created; its key is lost"))?;
+            let v = serde_json::json!({"admin": info, "bundle": out});
+            rep.result(&v, || {
+                format!(
+                    "admin {} added; bundle (certificate, key, CA) in {} (0600)\nuse it with --admin-cert {} or FERRY_ADMIN_CERT",
+                    info.name,
+                    out.display(),
+                    out.display()
+                )
+            });
+        }
+        MgmtCmd::Admins(AdminsCmd::List { conn }) => {
+            let v = conn.client()?.admins().await?;
+            rep.result(&v, || {
+                let mut s = format!(
+                    "{:<20} {:<8} {:<20} {}",
+                    "NAME", "STATE", "CREATED", "CERT SHA256"
+                );
+                for a in &v {
+                    s.push_str(&format!(
+                        "\n{:<20} {:<8} {:<20} {}",
+                        a.name,
+                        if a.revoked_unix.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        },
+                        when(a.created_unix),
+                        &a.cert_sha256[..16.min(a.cert_sha256.len())]
+                    ));
+                }
+                s
+            });
+        }
+        MgmtCmd::Admins(AdminsCmd::Revoke { name, conn }) => {
+            let a = conn.client()?.revoke_admin(name).await?;
+            rep.result(&a, || format!("admin {} is revoked", a.name));
         }
     }
     Ok(ExitCode::SUCCESS)
