@@ -59,7 +59,11 @@
 //! | `GET /v1/jobs?agent=ID&limit=N` | admin | → `[`[`v1::CollectedJob`]`]`, newest first |
 //! | `GET /v1/jobs/{agent}/{id}` | admin | → [`v1::CollectedJob`] |
 //! | `GET /v1/logs?agent=ID&after=N&limit=N` | admin | → `[`[`v1::CollectedLog`]`]` |
+//!
+//! # Storage node endpoints (`ferry-node`)
+//! Vaults, chunks, commits, the catalog and node jobs: see [`node`].
 
+pub mod node;
 pub mod plan;
 pub mod v1;
 

@@ -5,7 +5,10 @@
 //! map, a chunk that no changed range touches is taken from the parent index without reading.
 //! Every other chunk is read, checked for zeros, hashed, and, unless the repository already
 //! has it, compressed and stored. At most `concurrency` chunks are in flight, which bounds
-//! memory; hashing and compression run on the blocking pool so every core is used.
+//! memory; hashing and compression run on the blocking pool so every core is used. On a store
+//! with a batch query (the storage node), the "does the repository have it" checks of the
+//! chunks in flight are gathered into batches ([`MissingBatcher`]); only missing chunks are
+//! compressed and uploaded.
 //!
 //! Commit order: all chunks, then every index, then `sync`, then the manifest, then `sync`.
 
@@ -24,6 +27,7 @@ use crate::progress::Progress;
 use crate::repo::{self, chunk_key, index_key, manifest_key, DiskEntry, DiskStats, Manifest};
 use crate::source::{BlockSource, ChangedExtents, ExtentKind};
 use crate::{now_secs, ArchiveError, Repository};
+use ferry_storage::StoreError;
 
 /// One disk to back up.
 pub struct DiskInput {
@@ -122,10 +126,102 @@ struct Shared {
     /// profiles). Bounded by `pool_cap`, so idle memory stays at a few chunks.
     pool: Mutex<Vec<Vec<u8>>>,
     pool_cap: usize,
+    /// Batched dedup checks, when the store has a batch query.
+    batcher: Option<MissingBatcher>,
 }
 
 /// Entries of the known-digest cache (about 50 bytes each) before it is cleared.
 const KNOWN_CAP: usize = 1 << 19;
+
+/// Where a queued dedup check gets its answer: missing or not, or the query's error.
+type Answer = tokio::sync::oneshot::Sender<Result<bool, String>>;
+
+/// Gathers the dedup checks of the chunks in flight into [`Store::missing`] batches, for
+/// stores with a batch query ([`Store::batch_hint`] above 1).
+///
+/// Group commit: a chunk that finds no query running sends one with every check waiting
+/// (its own included) and keeps sending until none is left; chunks that arrive meanwhile
+/// wait for their answer. Batches therefore grow with the round-trip time and the window
+/// of chunks in flight, without a timer, and memory stays bounded by that window.
+///
+/// [`Store::missing`]: ferry_storage::Store::missing
+/// [`Store::batch_hint`]: ferry_storage::Store::batch_hint
+struct MissingBatcher {
+    max: usize,
+    queue: Mutex<Vec<(String, Answer)>>,
+    busy: std::sync::atomic::AtomicBool,
+}
+
+impl MissingBatcher {
+    fn new(max: usize) -> Self {
+        MissingBatcher {
+            max: max.max(1),
+            queue: Mutex::new(Vec::new()),
+            busy: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// True when the store lacks `key`.
+    async fn is_missing(
+        &self,
+        store: &dyn ferry_storage::Store,
+        key: String,
+    ) -> Result<bool, ArchiveError> {
+        use std::sync::atomic::Ordering;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((key.clone(), tx));
+        while !self.busy.swap(true, Ordering::AcqRel) {
+            // Leader: drain the queue in batches.
+            loop {
+                let batch: Vec<_> = {
+                    let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = q.len().min(self.max);
+                    q.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+                match store.missing(&keys).await {
+                    Ok(missing) => {
+                        let missing: HashSet<&String> = missing.iter().collect();
+                        for (k, tx) in batch {
+                            let _ = tx.send(Ok(missing.contains(&k)));
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for (_, tx) in batch {
+                            let _ = tx.send(Err(msg.clone()));
+                        }
+                    }
+                }
+            }
+            self.busy.store(false, Ordering::Release);
+            // A check queued after the last drain and before `busy` cleared has no leader.
+            if self
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                break;
+            }
+        }
+        match rx.await {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(detail)) => Err(ArchiveError::Store(StoreError::Transient {
+                op: "missing",
+                key,
+                detail,
+            })),
+            Err(_) => Err(ArchiveError::Task("dedup query dropped".into())),
+        }
+    }
+}
 
 impl Shared {
     fn remember(&self, d: Digest) {
@@ -210,6 +306,10 @@ async fn run(
         progress: progress.clone(),
         pool: Mutex::new(Vec::new()),
         pool_cap: opts.concurrency.clamp(1, 64),
+        batcher: match repo.store().batch_hint() {
+            0 | 1 => None,
+            n => Some(MissingBatcher::new(n)),
+        },
     });
 
     // Match each disk with its twin in the parent: by name, else by position.
@@ -489,7 +589,12 @@ async fn process_chunk(
         known.contains(&digest)
     };
     let key = chunk_key(&digest);
-    if seen || shared.store.exists(&key).await? {
+    let present = seen
+        || match &shared.batcher {
+            Some(b) => !b.is_missing(shared.store.as_ref(), key.clone()).await?,
+            None => shared.store.exists(&key).await?,
+        };
+    if present {
         shared.remember(digest);
         shared.give_buf(buf);
         return Ok((digest, Outcome::Reused));

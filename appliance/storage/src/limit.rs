@@ -262,6 +262,17 @@ impl<B: Backend> Store for Limited<B> {
         self.run("sync", "", || self.inner.sync()).await
     }
 
+    async fn missing(&self, keys: &[String]) -> Result<Vec<String>, StoreError> {
+        self.ready().await?;
+        let first = keys.first().map(String::as_str).unwrap_or("");
+        self.run("missing", first, || self.inner.missing(keys))
+            .await
+    }
+
+    fn batch_hint(&self) -> usize {
+        self.inner.batch_hint()
+    }
+
     async fn clean_temporaries(&self, min_age_secs: u64) -> Result<u64, StoreError> {
         self.ready().await?;
         self.run("clean temporaries", "", || {

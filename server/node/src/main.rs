@@ -1,0 +1,94 @@
+//! `ferry-node`: run the storage node, or enroll it with the management server.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry-node",
+    version,
+    about = "Ferry storage node (managed storage on 9876)"
+)]
+struct Cli {
+    /// State directory: node.toml, certificates, vaults.
+    #[arg(long, env = "FERRY_NODE_STATE", default_value = "/var/lib/ferry-node")]
+    state: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve the vaults of node.toml over mTLS.
+    Serve {
+        /// Listen address; overrides `listen` in node.toml.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Enroll with the management server using a one-time token (ID.SECRET.CA_SHA256).
+    Enroll {
+        /// Management server, host:port.
+        #[arg(long, env = "FERRY_MGMT")]
+        mgmt: String,
+        /// The token; read from FERRY_TOKEN when not given.
+        #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Name the node reports.
+        #[arg(long, default_value = "ferry-node")]
+        hostname: String,
+        /// Port the node serves on.
+        #[arg(long, default_value_t = ferry_api::node::NODE_PORT)]
+        port: u16,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve { listen } => {
+            let node = ferry_node::Node::open(&cli.state)
+                .await
+                .with_context(|| format!("opening {}", cli.state.display()))?;
+            let addr = listen.unwrap_or_else(|| node.config.listen.clone());
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            let local = listener.local_addr().context("local address")?;
+            tracing::info!("serving {} vault(s) on {local}", node.vaults.len());
+            // Tests and scripts read the bound address from stdout.
+            let mut out = std::io::stdout();
+            writeln!(out, "listening on {local}").context("stdout")?;
+            out.flush().context("stdout")?;
+            tokio::select! {
+                r = ferry_node::serve_on(node, listener) => r.context("serving")?,
+                _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+            }
+        }
+        Cmd::Enroll {
+            mgmt,
+            token,
+            hostname,
+            port,
+        } => {
+            let id = ferry_node::enroll::enroll(&cli.state, &mgmt, &token, &hostname, port)
+                .await
+                .context("enrolling")?;
+            println!(
+                "enrolled: node id {id}; certificate in {}. Grant agents in node.toml; they use node://HOST:{port}/VAULT?node={id}",
+                cli.state.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Helpers of the storage node tests: a CA, identities, a real `ferry-node` process on
+//! loopback, `node://` stores, disks, backups and restores.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use ferry_archive::restore::Target;
+use ferry_archive::{BackupOptions, DiskInput, FileSource, Manifest, Progress, Repository};
+use ferry_tls::pki::{Ca, Role};
+use sha2::{Digest as _, Sha256};
+
+pub const MIB: u64 = 1 << 20;
+
+/// A test world: a CA, a node state directory, client identities.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub state: PathBuf,
+}
+
+/// A running `ferry-node` process, killed when dropped.
+pub struct NodeProc {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProc {
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl World {
+    /// A CA, the node's certificate (node id `node1`) and `config` as node.toml.
+    pub fn new(config: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::create("test management CA").unwrap();
+        let state = dir.path().join("node");
+        let (c, k) = ca.issue(Role::Agent, "node1", 30).unwrap();
+        ferry_node::enroll::install_identity(&state, &c, &k, ca.cert_pem()).unwrap();
+        std::fs::write(state.join("node.toml"), config).unwrap();
+        World { dir, ca, state }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes an identity bundle for `role`/`name` signed by `ca` (default: the world's CA).
+    pub fn identity_of(&self, ca: &Ca, role: Role, name: &str) -> PathBuf {
+        let (c, k) = ca.issue(role, name, 30).unwrap();
+        let p = self.path(&format!("id-{name}-{}.pem", &ca.sha256()[..8]));
+        std::fs::write(&p, format!("{c}{k}{}", self.ca.cert_pem())).unwrap();
+        p
+    }
+
+    /// An agent identity (`agent-<name>`).
+    pub fn agent(&self, name: &str) -> PathBuf {
+        self.identity_of(&self.ca, Role::Agent, name)
+    }
+
+    /// Starts the node on `port` (0: any free port).
+    pub fn start(&self, port: u16) -> NodeProc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-node"))
+            .arg("--state")
+            .arg(&self.state)
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("FERRY_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("node said {line:?}"))
+            .to_string();
+        NodeProc { child, addr }
+    }
+
+    pub fn vault_dir(&self, vault: &str) -> PathBuf {
+        self.state.join("vaults").join(vault)
+    }
+
+    /// Bytes under a vault's chunks/.
+    pub fn chunk_bytes(&self, vault: &str) -> u64 {
+        du(&self.vault_dir(vault).join("chunks"))
+    }
+
+    /// Number of chunk objects in a vault.
+    pub fn chunk_count(&self, vault: &str) -> usize {
+        count(&self.vault_dir(vault).join("chunks"))
+    }
+}
+
+fn du(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                du(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
+
+fn count(p: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.metadata().unwrap().is_dir() {
+                count(&e.path())
+            } else {
+                usize::from(!e.file_name().to_string_lossy().starts_with(".tmp"))
+            }
+        })
+        .sum()
+}
+
+/// A `node://` store for `vault` as `identity`.
+pub fn store(node: &NodeProc, vault: &str, identity: &Path) -> Arc<dyn ferry_storage::Store> {
+    let url = format!(
+        "node://{}/{vault}?node=node1&identity={}&retries=1",
+        node.addr,
+        identity.display()
+    );
+    ferry_storage::open_store_with(&url, ferry_storage::StoreOptions::default()).unwrap()
+}
+
+pub async fn repo(node: &NodeProc, vault: &str, identity: &Path) -> Repository {
+    Repository::open(store(node, vault, identity))
+        .await
+        .unwrap()
+}
+
+pub fn input(p: &Path) -> DiskInput {
+    DiskInput {
+        name: "disk0".into(),
+        source: Arc::new(FileSource::open(p).unwrap()),
+        changed: None,
+        change_id: None,
+        meta: BTreeMap::new(),
+    }
+}
+
+pub async fn backup(
+    repo: &Repository,
+    disk: &Path,
+    group: &str,
+    parent: Option<&str>,
+) -> Result<Manifest, ferry_archive::ArchiveError> {
+    let mut opts = BackupOptions::new(group);
+    opts.parent = parent.map(str::to_string);
+    ferry_archive::backup(
+        repo,
+        vec![input(disk)],
+        &opts,
+        Arc::new(Progress::default()),
+    )
+    .await
+}
+
+pub async fn restore_sha(repo: &Repository, m: &Manifest, out: &Path) -> String {
+    ferry_archive::restore::restore(
+        repo,
+        m,
+        0,
+        &Target::File(out.to_path_buf()),
+        4,
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap();
+    sha256_file(out)
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// The mixed test disk (holes, zeros, random, text, records).
+pub fn mixed_disk(p: &Path, size: u64, seed: u64) {
+    ferry_testkit::MixedDisk::new(size, seed).write(p).unwrap();
+}
+
+/// `len` bytes of deterministic random data.
+pub fn random_disk(p: &Path, len: usize, seed: u64) {
+    let mut b = vec![0u8; len];
+    ferry_testkit::Rng::new(seed).fill(&mut b);
+    std::fs::write(p, b).unwrap();
+}
+
+/// Overwrites `len` bytes at `off` with random data.
+pub fn scribble(p: &Path, off: u64, len: usize, seed: u64) {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    ferry_testkit::Rng::new(seed).fill(&mut b);
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.write_all_at(&b, off).unwrap();
+}
+
+/// A raw HTTPS client with `identity`, trusting the world's CA for the node's name.
+pub fn http(world: &World, identity: &Path) -> reqwest::Client {
+    let text = std::fs::read_to_string(identity).unwrap();
+    let certs: Vec<&str> = text
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .collect();
+    let key_start = text.find("-----BEGIN PRIVATE KEY-----").unwrap();
+    let key_end =
+        text.find("-----END PRIVATE KEY-----").unwrap() + "-----END PRIVATE KEY-----\n".len();
+    let id = ferry_tls::trust::Identity::from_pem(certs[0], &text[key_start..key_end]).unwrap();
+    let cfg = ferry_tls::trust::client_config(
+        ferry_tls::trust::ServerTrust::Ca {
+            ca_pem: world.ca.cert_pem().to_string(),
+            name: ferry_api::agent_server_name("node1"),
+        },
+        Some(id),
+    )
+    .unwrap();
+    ferry_tls::http_client(cfg).unwrap()
+}
+
+/// Runs a node job as `admin`.
+pub async fn job(
+    world: &World,
+    node: &NodeProc,
+    admin: &Path,
+    vault: &str,
+    job: &str,
+) -> ferry_api::node::JobReport {
+    let r = http(world, admin)
+        .post(format!(
+            "https://{}/v1/vaults/{vault}/jobs/{job}",
+            node.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{job}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// node.toml for the tests: vault `main` (1 MiB chunks), `other`, and `small` with a quota;
+/// agents `a1` and `a2` on main and small, `admin-root` admin everywhere.
+pub const CONFIG: &str = r#"
+[[vault]]
+name = "main"
+chunk_size = 1048576
+
+[[vault]]
+name = "other"
+chunk_size = 1048576
+
+[[vault]]
+name = "small"
+chunk_size = 1048576
+quota = "6M"
+
+[[grant]]
+identity = "agent-a1"
+vaults = ["main", "small"]
+
+[[grant]]
+identity = "agent-a2"
+vaults = ["main"]
+
+[[grant]]
+identity = "admin-root"
+vaults = ["*"]
+admin = true
+"#;
