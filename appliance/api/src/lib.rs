@@ -37,6 +37,8 @@
 //! | `GET /v1/jobs/{id}/progress` | → NDJSON of [`v1::ProgressEvent`] | streams until the job ends; ends with `done` |
 //! | `GET /v1/events?after=SEQ&limit=N` | → [`v1::LogPage`] | the agent's persistent log, by cursor |
 //! | `PUT /v1/license` | [`v1::License`] → [`v1::LicenseState`] | installs a signed license |
+//! | `PUT /v1/revocations` | `ferry_tls::revocation::SignedRevocations` → version held, count | the management server only; CA-signed, not older than the list held; kept in the state dir; certificates on it get 403 |
+//! | `GET /v1/revocations` | → version held, count | |
 //!
 //! # Management server endpoints (`ferry-mgmt`)
 //! The server presents a certificate signed by its own CA for the name [`MGMT_SERVER_NAME`].
@@ -51,7 +53,11 @@
 //! | `POST /v1/tokens` | admin | [`v1::TokenCreate`] → [`v1::TokenCreated`] |
 //! | `GET /v1/agents` | admin | → `[`[`v1::AgentInfo`]`]` |
 //! | `POST /v1/agents/pair` | admin | [`v1::PairRequest`] → [`v1::AgentInfo`]; the server connects to the agent |
-//! | `POST /v1/agents/{id}/revoke` | admin | → [`v1::AgentInfo`] |
+//! | `POST /v1/agents/{id}/revoke` | admin | → [`v1::AgentInfo`]; the revocation list is pushed to agents |
+//! | `GET /v1/agent/revocations` | agent | → `ferry_tls::revocation::SignedRevocations` (fetched after each hello) |
+//! | `GET /v1/admins` | admin | → `[ferry_mgmt::wire::AdminInfo]` |
+//! | `POST /v1/admins` | admin | `ferry_mgmt::wire::AdminCreate` (name, CSR) → `AdminCreated` (certificate, CA) |
+//! | `POST /v1/admins/{name}/revoke` | admin | → `AdminInfo`; refused for the last active admin; the list is pushed to agents |
 //! | `PUT /v1/agents/{id}/plans/{name}` | admin | [`v1::PlanPush`] → [`v1::PlanSummary`]; stored, then pushed to the agent |
 //! | `GET /v1/agents/{id}/plans` | admin | → `[`[`v1::PlanSummary`]`]` |
 //! | `POST /v1/agents/{id}/plans/{name}/run` | admin | → NDJSON of [`v1::ProgressEvent`], proxied from the agent |
