@@ -342,7 +342,29 @@ async fn plans_list(State(ctx): State<Arc<Ctx>>) -> Response {
     Json(ctx.agent.plans.list()).into_response()
 }
 
-async fn plan_put(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>, b: Bytes) -> Response {
+/// Who called, for audit lines: an admin by name (a direct connection), or the management
+/// server (whose own log names the admin behind the call).
+fn caller(p: &Peer) -> String {
+    for n in &p.names {
+        if n == ferry_api::MGMT_SERVER_NAME {
+            return "the management server".into();
+        }
+        if let Some(a) = n
+            .strip_prefix("admin-")
+            .and_then(|r| r.strip_suffix(".ferry.internal"))
+        {
+            return format!("admin {a}");
+        }
+    }
+    format!("{}", p.addr)
+}
+
+async fn plan_put(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> Response {
     let push: PlanPush = match body(&b) {
         Ok(r) => r,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e),
@@ -367,7 +389,8 @@ async fn plan_put(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>, b: Byte
     match ctx.agent.plans.put(push) {
         Ok(s) => {
             tracing::info!(
-                "plan {name} deployed (schedule {:?}, next run {:?})",
+                "plan {name} deployed by {} (schedule {:?}, next run {:?})",
+                caller(&peer),
                 s.plan.schedule,
                 s.next_run_unix
             );
@@ -377,19 +400,28 @@ async fn plan_put(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>, b: Byte
     }
 }
 
-async fn plan_delete(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> Response {
+async fn plan_delete(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> Response {
     if ctx.agent.plans.delete(&name) {
-        tracing::info!("plan {name} removed");
+        tracing::info!("plan {name} removed by {}", caller(&peer));
         StatusCode::NO_CONTENT.into_response()
     } else {
         fail(StatusCode::NOT_FOUND, format!("no plan {name:?}"))
     }
 }
 
-async fn plan_run(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> Response {
+async fn plan_run(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> Response {
     if ctx.agent.plans.get(&name).is_none() {
         return fail(StatusCode::NOT_FOUND, format!("no plan {name:?}"));
     }
+    tracing::info!("plan {name} run now by {}", caller(&peer));
     match ctx.agent.start_job(&name, Trigger::Manual, None) {
         Ok(job_id) => Json(JobStarted { job_id }).into_response(),
         Err(e) => fail(StatusCode::CONFLICT, e),

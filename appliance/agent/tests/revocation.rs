@@ -155,6 +155,23 @@ async fn revoked_admin_refused_by_the_agent_others_kept() {
         "the credential is in mgmt.db in clear"
     );
 
+    // Directly to the agent, the agent's own log names the admin.
+    let r = direct(carol, &id)
+        .put(format!("https://127.0.0.1:{port}/v1/plans/p"))
+        .json(&push)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    wait_for(10, "the agent's log names the caller", || async {
+        let l = a.stderr.lock().unwrap().clone();
+        (l.contains("plan p deployed by the management server")
+            && l.contains("plan p run now by the management server")
+            && l.contains("plan p deployed by admin carol"))
+        .then_some(())
+    })
+    .await;
+
     // Bob is revoked: the server pushes the list, and the agent refuses him; carol works.
     mgmt.admin.revoke_admin("bob").await.unwrap();
     let (bob_c, carol_c) = (direct(bob, &id), direct(carol, &id));
