@@ -1,0 +1,184 @@
+//! `ferry mgmt agents add HOST:PORT --pairing-code CODE`: the real `ferry` binary pairs a
+//! real, unregistered `ferry-agent` with the management server that `ferry mgmt serve`
+//! runs. A wrong code is refused and the agent stays unregistered; the right one registers
+//! it, `agents list` shows it active, its API then wants the management CA's client
+//! certificates, and pairing again is refused.
+//!
+//! The agent is another package's binary: `FERRY_AGENT_BIN`, or built here with cargo.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The ferry-agent binary of the same target directory and profile as `ferry`.
+fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_AGENT_BIN") {
+        return p.into();
+    }
+    let dir = PathBuf::from(FERRY).parent().unwrap().to_path_buf();
+    let mut c = Command::new(env!("CARGO"));
+    c.args(["build", "-q", "-p", "ferry-agent", "--bin", "ferry-agent"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.ends_with("release") {
+        c.arg("--release");
+    }
+    assert!(c.status().unwrap().success(), "cargo build -p ferry-agent");
+    dir.join("ferry-agent")
+}
+
+#[test]
+fn agents_add_pairs_an_unregistered_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("mgmt");
+    let mport = free_port();
+    let mut serve = Command::new(FERRY)
+        .args(["mgmt", "serve", "--listen", &format!("127.0.0.1:{mport}")])
+        .args(["--public-url", &format!("https://127.0.0.1:{mport}")])
+        .arg("--state")
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _serve = Kill(serve);
+    assert!(line.contains("listening"), "{line}");
+
+    // An agent that was given no management server: it shows a pairing code.
+    let aport = free_port();
+    let astate = dir.path().join("agent");
+    std::fs::create_dir_all(astate.join("run")).unwrap();
+    let mut agent = Command::new(agent_bin())
+        .env_clear()
+        .env("FERRY_STATE_DIR", &astate)
+        .env("FERRY_RUN_DIR", astate.join("run"))
+        .env("FERRY_LISTEN", format!("0.0.0.0:{aport}"))
+        .env("FERRY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = agent.stderr.take().unwrap();
+    let _agent = Kill(agent);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines() {
+            let Ok(l) = l else { break };
+            eprintln!("[agent] {l}");
+            if let Some(rest) = l.split("PAIRING CODE ").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
+            }
+        }
+    });
+    let code = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("pairing code");
+
+    let ferry = |args: &[&str]| {
+        Command::new(FERRY)
+            .args(args)
+            .env("FERRY_MGMT", format!("127.0.0.1:{mport}"))
+            .env("FERRY_ADMIN_CERT", state.join("admin.pem"))
+            .output()
+            .unwrap()
+    };
+    let agent_addr = format!("127.0.0.1:{aport}");
+
+    // A wrong code: refused, and nothing is registered.
+    let wrong = if code == "AAAA-AAAA" {
+        "BBBB-BBBB"
+    } else {
+        "AAAA-AAAA"
+    };
+    let o = ferry(&[
+        "mgmt",
+        "agents",
+        "add",
+        &agent_addr,
+        "--pairing-code",
+        wrong,
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("wrong pairing code"), "{err}");
+    let o = ferry(&["--json", "mgmt", "agents", "list"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap(),
+        serde_json::json!([])
+    );
+
+    // The code from the console: registered.
+    let o = ferry(&[
+        "--json",
+        "mgmt",
+        "agents",
+        "add",
+        &agent_addr,
+        "--pairing-code",
+        &code,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let added: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = added["id"].as_str().unwrap().to_string();
+    assert_eq!(added["state"], "active", "{added}");
+    assert_eq!(added["address"], agent_addr.as_str(), "{added}");
+    let o = ferry(&["--json", "mgmt", "agents", "list"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["state"], "active");
+
+    // The server now reaches the agent over mTLS: it collects the agent's log.
+    let o = ferry(&["--json", "logs", "--agent", &id, "--collect"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let logs = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        logs.contains(&format!("registered as agent {id}")),
+        "{logs}"
+    );
+
+    // Pairing again: the agent is registered and says so.
+    let o = ferry(&[
+        "mgmt",
+        "agents",
+        "add",
+        &agent_addr,
+        "--pairing-code",
+        &code,
+    ]);
+    assert!(!o.status.success());
+    assert!(!String::from_utf8_lossy(&o.stderr).is_empty());
+    let o = ferry(&["--json", "mgmt", "agents", "list"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
