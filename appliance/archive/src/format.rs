@@ -322,6 +322,62 @@ pub fn decode_chunk(data: &[u8], expected: &Digest) -> Result<Vec<u8>, ArchiveEr
     Ok(plain)
 }
 
+/// Checks a chunk object without keeping its content: envelope, size limit, and that the
+/// decoded content hashes to `expected`. Returns the plain length. For servers that accept
+/// chunks (the storage node): a raw body is hashed in place and a zstd body is decompressed
+/// into a per-thread buffer, so no chunk-sized allocation happens per call.
+pub fn verify_chunk(data: &[u8], expected: &Digest) -> Result<u64, ArchiveError> {
+    thread_local! {
+        static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let what = format!("chunk {}", digest_hex(expected));
+    let corrupt = |why: String| ArchiveError::Corrupt {
+        object: what.clone(),
+        why,
+    };
+    let o = open(Kind::Chunk, &what, data)?;
+    if o.plain_len > MAX_CHUNK_SIZE as u64 {
+        return Err(corrupt(format!(
+            "declared size {} exceeds the limit {MAX_CHUNK_SIZE}",
+            o.plain_len
+        )));
+    }
+    let digest = if o.codec == CODEC_RAW {
+        digest_of(o.body)
+    } else {
+        // plain_len <= MAX_CHUNK_SIZE: fits in usize.
+        let cap = o.plain_len as usize;
+        PLAIN.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            buf.clear();
+            buf.reserve(cap);
+            DECOMPRESSOR.with(|dc| {
+                let mut slot = dc.borrow_mut();
+                let mut d = match slot.take() {
+                    Some(d) => d,
+                    None => zstd::bulk::Decompressor::new()
+                        .map_err(|e| corrupt(format!("zstd: {e}")))?,
+                };
+                let r = d.decompress_to_buffer(o.body, &mut *buf);
+                *slot = Some(d);
+                r.map_err(|e| corrupt(format!("zstd: {e}")))
+            })?;
+            if buf.len() as u64 != o.plain_len {
+                return Err(corrupt(format!(
+                    "decoded {} bytes, header says {}",
+                    buf.len(),
+                    o.plain_len
+                )));
+            }
+            Ok(digest_of(&buf))
+        })?
+    };
+    if &digest != expected {
+        return Err(corrupt("content does not match its SHA-256".into()));
+    }
+    Ok(o.plain_len)
+}
+
 /// A disk index: one digest per chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Index {
@@ -445,6 +501,36 @@ mod tests {
         }
         assert!(decode_chunk(&enc[..enc.len() - 1], &d).is_err());
         assert!(decode_chunk(&enc, &[1u8; 32]).is_err());
+    }
+
+    #[test]
+    fn verify_chunk_agrees_with_decode_chunk() {
+        let text: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut random = vec![0u8; 70_000];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in &mut random {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        // Twice each, so the per-thread buffer is reused with a smaller and a larger chunk.
+        for plain in [&text, &random, &text, &random] {
+            let d = digest_of(plain);
+            let enc = encode_chunk(plain, 3).unwrap();
+            assert_eq!(verify_chunk(&enc, &d).unwrap(), plain.len() as u64);
+            assert!(verify_chunk(&enc, &digest_of(b"other")).is_err());
+            for pos in [0, 7, 20, 40, enc.len() - 1] {
+                let mut bad = enc.clone();
+                bad[pos] ^= 0x40;
+                assert!(verify_chunk(&bad, &d).is_err(), "flip at {pos} undetected");
+            }
+            assert!(verify_chunk(&enc[..enc.len() - 1], &d).is_err());
+        }
+        // Another chunk's content under this digest: refused.
+        let enc = encode_chunk(&random, 3).unwrap();
+        assert!(verify_chunk(&enc, &digest_of(&text)).is_err());
+        assert!(verify_chunk(b"garbage", &digest_of(&text)).is_err());
     }
 
     #[test]

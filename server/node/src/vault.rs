@@ -40,6 +40,7 @@ pub struct Vault {
     used: AtomicU64,
     verify_file: PathBuf,
     verify: Mutex<BTreeMap<String, VerifyState>>,
+    checks: tokio::sync::Semaphore,
 }
 
 fn du(p: &Path) -> u64 {
@@ -87,6 +88,9 @@ impl Vault {
             used: AtomicU64::new(used),
             verify_file,
             verify: Mutex::new(verify),
+            checks: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+            ),
         })
     }
 
@@ -168,7 +172,13 @@ impl Vault {
             return Ok(false);
         }
         let check = body.clone();
-        tokio::task::spawn_blocking(move || format::decode_chunk(&check, &d).map(|_| ()))
+        // Bounds the threads (and their per-thread decode buffers) checking uploads at once.
+        let _permit = self
+            .checks
+            .acquire()
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        tokio::task::spawn_blocking(move || format::verify_chunk(&check, &d).map(|_| ()))
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?
             .map_err(|e| NodeError::Poisoned(e.to_string()))?;
