@@ -10,7 +10,8 @@
 //! Environment: `FERRY_STATE_DIR`, `FERRY_RUN_DIR`, `FERRY_LOG`, `FERRY_DEBUG`,
 //! `FERRY_AGENT_START` (from init); `FERRY_LISTEN` (default `0.0.0.0:9876`);
 //! `FERRY_MGMT` and `FERRY_TOKEN` (agent-initiated registration); `FERRY_ADVERTISE`
-//! (`host:port` the management server should use); `FERRY_ADDR_POLL` (seconds between
+//! (`host:port` the management server should use; by default the listen address when
+//! that is one address, not `0.0.0.0` or `::`); `FERRY_ADDR_POLL` (seconds between
 //! address checks, default 10); `FERRY_HELLO_EVERY` (seconds between hellos when nothing
 //! changed, default 300); `FERRY_LICENSE`, `FERRY_LICENSE_ISSUER` (license.rs).
 
@@ -111,7 +112,9 @@ async fn run(state_dir: PathBuf, events: Arc<events::EventLog>) -> anyhow::Resul
         state_dir,
         hostname,
         port: addr.port(),
-        advertise: env("FERRY_ADVERTISE"),
+        // Bound to one address, the agent answers on no other: the server must use it.
+        advertise: env("FERRY_ADVERTISE")
+            .or_else(|| (!addr.ip().is_unspecified()).then(|| addr.to_string())),
         debug,
         events,
         reg: Mutex::new(reg),

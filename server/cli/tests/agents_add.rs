@@ -81,7 +81,8 @@ fn agents_add_pairs_an_unregistered_agent() {
         .env_clear()
         .env("FERRY_STATE_DIR", &astate)
         .env("FERRY_RUN_DIR", astate.join("run"))
-        .env("FERRY_LISTEN", format!("0.0.0.0:{aport}"))
+        // Bound to loopback only: the server must keep using the address it paired with.
+        .env("FERRY_LISTEN", format!("127.0.0.1:{aport}"))
         .env("FERRY_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
