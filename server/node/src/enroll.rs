@@ -82,6 +82,7 @@ pub async fn enroll(
             addresses: Vec::new(),
             port,
             advertise: None,
+            role: ferry_api::v1::PeerRole::Node,
         },
     };
     let resp = client

@@ -101,39 +101,42 @@ pub async fn scheduler(node: Arc<Node>) {
             .and_then(|c| ferry_api::plan::parse_schedule(c).ok())
     };
     let jobs = [
-        ("verify", parse(&node.config.schedule.verify)),
         ("prune", parse(&node.config.schedule.prune)),
         ("gc", parse(&node.config.schedule.gc)),
+        ("verify", parse(&node.config.schedule.verify)),
     ];
     if jobs.iter().all(|(_, c)| c.is_none()) {
         return;
     }
     loop {
         let now = ferry_api::now_unix();
-        let next = jobs
+        let next: Vec<(i64, &str)> = jobs
             .iter()
             .filter_map(|(name, c)| {
                 c.as_ref()
                     .and_then(|c| ferry_api::plan::next_run(c, now))
                     .map(|t| (t, *name))
             })
-            .min();
-        let Some((at, name)) = next else {
+            .collect();
+        let Some(at) = next.iter().map(|(t, _)| *t).min() else {
             return;
         };
         let wait = u64::try_from(at - now).unwrap_or(0);
         tokio::time::sleep(Duration::from_secs(wait)).await;
-        for v in node.vaults.values() {
-            let r = match name {
-                "verify" => verify(v).await,
-                "prune" => prune(&node, v).await,
-                _ => gc(v).await,
-            };
-            tracing::info!(
-                "scheduled {name} of vault {}: {}",
-                v.name,
-                if r.ok { "ok" } else { "failed" }
-            );
+        // Every job due at that time, in the order prune, GC (frees what prune left), verify.
+        for (_, name) in next.iter().filter(|(t, _)| *t == at) {
+            for v in node.vaults.values() {
+                let r = match *name {
+                    "verify" => verify(v).await,
+                    "prune" => prune(&node, v).await,
+                    _ => gc(v).await,
+                };
+                tracing::info!(
+                    "scheduled {name} of vault {}: {}",
+                    v.name,
+                    if r.ok { "ok" } else { "failed" }
+                );
+            }
         }
     }
 }

@@ -30,8 +30,9 @@
 //! - **Enrollment** reuses the agent flow of `ferry-mgmt` (`POST /v1/enroll` with a one-time
 //!   token): the node appears in the registry as an agent (`agent-<id>`), and its server
 //!   certificate names `agent-<id>.ferry.internal`, which is why `node://` URLs carry
-//!   `?node=<id>`. A node role in the registry and CA is left for when the management
-//!   server shows a catalog.
+//!   `?node=<id>`. The enrollment says `role: node`, so the registry lists it as a storage
+//!   node, and the management server reads `GET /v1/catalog` of every vault with its own
+//!   certificate (`mgmt`): catalog only, no chunk, object or point access.
 //! - **Chunk reads** are allowed to every grantee of the vault (a digest is only known to
 //!   someone who had the content); restore points, their manifests and indexes only to their
 //!   writer or an admin. The missing-chunk query tells a grantee whether a digest exists in

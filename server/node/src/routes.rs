@@ -79,6 +79,10 @@ fn forbidden(msg: impl Into<String>) -> Fail {
     Fail(StatusCode::FORBIDDEN, msg.into())
 }
 
+/// The management server's identity (`mgmt.ferry.internal`): it may read the catalog of
+/// every vault (`GET /v1/catalog`) and nothing else unless `node.toml` grants it more.
+pub const MGMT_IDENTITY: &str = "mgmt";
+
 /// The caller's identity: its certificate's DNS name without `.ferry.internal`.
 pub fn identity(peer: &Peer) -> Result<String, Fail> {
     peer.names
@@ -363,6 +367,15 @@ async fn catalog_all(
     Extension(peer): Extension<Peer>,
 ) -> R<Vec<CatalogEntry>> {
     let who = identity(&peer)?;
+    // The management server's catalog view: read-only, every vault, every point. Only
+    // the management CA issues certificates, and only to itself with this name.
+    if who == MGMT_IDENTITY {
+        let mut out = Vec::new();
+        for v in n.vaults.values() {
+            out.extend(v.points().await?.iter().map(|m| v.catalog_entry(m)));
+        }
+        return Ok(Json(out));
+    }
     let mut out = Vec::new();
     for name in n.vaults.keys() {
         if n.config.access(&who, name) == Access::None {
