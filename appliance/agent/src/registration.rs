@@ -125,6 +125,7 @@ impl Agent {
             addresses: crate::api::address_list(self.debug),
             port: self.port,
             advertise: self.advertise.clone(),
+            role: ferry_api::v1::PeerRole::Agent,
         }
     }
 

@@ -65,6 +65,11 @@
 //! | `GET /v1/jobs?agent=ID&limit=N` | admin | → `[`[`v1::CollectedJob`]`]`, newest first |
 //! | `GET /v1/jobs/{agent}/{id}` | admin | → [`v1::CollectedJob`] |
 //! | `GET /v1/logs?agent=ID&after=N&limit=N` | admin | → `[`[`v1::CollectedLog`]`]` |
+//! | `GET /v1/catalog?node=ID&group=NAME` | admin | → [`v1::Catalog`]: every active storage node's `GET /v1/catalog`, asked with the server's certificate (per-node timeout); nodes that fail are listed in `errors` |
+//!
+//! Enrollment and hello carry a `role` ([`v1::PeerRole`]: `agent`, the default, or `node`);
+//! storage nodes are registered like agents, listed with `role: node`, and revoked the same
+//! way. The server does not push plans or collect jobs from nodes.
 //!
 //! # Storage node endpoints (`ferry-node`)
 //! Vaults, chunks, commits, the catalog and node jobs: see [`node`].

@@ -20,7 +20,7 @@
 //! | `GET`/`HEAD /v1/vaults/{v}/objects/{key}` | → object bytes | `config`, `locks/…` and chunks to grantees; `points/{id}/…` to its writer or admin |
 //! | `PUT /v1/vaults/{v}/locks/{name}?new=1` | lock object (FRYL) → [`PutResponse`] | grantee; `new=1` is create-if-absent |
 //! | `DELETE /v1/vaults/{v}/locks/{name}` | → 204 | grantee |
-//! | `GET /v1/catalog` | → `[`[`CatalogEntry`]`]` | every vault the caller is granted (the management server's catalog view) |
+//! | `GET /v1/catalog` | → `[`[`CatalogEntry`]`]` | every vault the caller is granted; every point of every vault for the management server (`mgmt`), read-only |
 //!
 //! **Commit body** (`application/octet-stream`): a little-endian `u32` header length, a JSON
 //! [`CommitHeader`], then the objects it lists, back to back. It holds the manifest

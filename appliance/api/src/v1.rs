@@ -32,6 +32,30 @@ pub struct AgentHello {
     /// addresses are not reachable (NAT); overrides `addresses`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// What kind of peer this is; older agents send none and are agents.
+    #[serde(default)]
+    pub role: PeerRole,
+}
+
+/// The kind of a registered peer: a backup agent (appliance) or a storage node.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerRole {
+    /// A `ferry-agent` appliance.
+    #[default]
+    Agent,
+    /// A `ferry-node` storage node.
+    Node,
+}
+
+impl PeerRole {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerRole::Agent => "agent",
+            PeerRole::Node => "node",
+        }
+    }
 }
 
 fn default_port() -> u16 {
@@ -199,6 +223,9 @@ pub struct AgentInfo {
     /// Last contact either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_unix: Option<i64>,
+    /// Agent or storage node.
+    #[serde(default)]
+    pub role: PeerRole,
 }
 
 /// `POST /v1/agents/pair`.
@@ -500,4 +527,42 @@ pub struct LicenseState {
     /// The terms of the installed license.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terms: Option<LicenseTerms>,
+}
+
+// ---------------------------------------------------------------- catalog
+
+/// One restore point in the management server's catalog: a node's
+/// [`crate::node::CatalogEntry`] and the node it is on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CatalogPoint {
+    /// Id of the storage node in the registry.
+    pub node_id: String,
+    /// Its hostname.
+    pub node_hostname: String,
+    /// The point as the node lists it (vault, id, group, disks, sizes, verify state).
+    #[serde(flatten)]
+    pub entry: crate::node::CatalogEntry,
+}
+
+/// A node whose catalog could not be read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CatalogNodeError {
+    /// Node id.
+    pub node_id: String,
+    /// Its hostname.
+    pub node_hostname: String,
+    /// Where the server tried to reach it.
+    pub address: String,
+    /// What failed.
+    pub error: String,
+}
+
+/// `GET /v1/catalog` on the management server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Catalog {
+    /// Restore points of every node that answered, by node, vault, group and time.
+    pub points: Vec<CatalogPoint>,
+    /// Nodes that did not answer (down, refused, timed out).
+    #[serde(default)]
+    pub errors: Vec<CatalogNodeError>,
 }

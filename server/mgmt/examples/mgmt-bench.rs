@@ -108,6 +108,7 @@ async fn main() {
                     addresses: vec![],
                     port: 9876,
                     advertise: Some("127.0.0.1:9".into()),
+                    role: Default::default(),
                 };
                 let tok: String = tok.split('.').take(2).collect::<Vec<_>>().join(".");
                 let r: EnrollResponse = c

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ferry_api::v1::{
     AgentInfo, AgentState, ApiError, CollectReport, EnrollResponse, JobPage, LogPage,
-    PairCompleteRequest, PairCsrRequest, PairCsrResponse, PlanPush, PlanSummary,
+    PairCompleteRequest, PairCsrRequest, PairCsrResponse, PeerRole, PlanPush, PlanSummary,
 };
 use ferry_tls::pki::Role;
 use futures::StreamExt;
@@ -71,6 +71,7 @@ pub async fn pair(m: &Mgmt, address: &str, code: &str) -> Result<AgentInfo, Mgmt
         state: AgentState::Active,
         registered_unix: now(),
         last_seen_unix: Some(now()),
+        role: csr.hello.role,
     };
     let req = PairCompleteRequest {
         code: code.into(),
@@ -220,6 +221,11 @@ pub async fn push_revocations(m: &Mgmt, a: &AgentInfo) -> Result<(), MgmtError> 
     Ok(())
 }
 
+/// An active agent (not a storage node: nodes take no plans, jobs or revocation pushes).
+fn is_active_agent(a: &AgentInfo) -> bool {
+    a.state == AgentState::Active && a.role == PeerRole::Agent
+}
+
 /// Pushes the revocation list to every active agent, in the background.
 pub fn spawn_push_revocations(m: Arc<Mgmt>) {
     tokio::spawn(async move {
@@ -230,7 +236,7 @@ pub fn spawn_push_revocations(m: Arc<Mgmt>) {
                 return;
             }
         };
-        futures::stream::iter(agents.into_iter().filter(|a| a.state == AgentState::Active))
+        futures::stream::iter(agents.into_iter().filter(is_active_agent))
             .for_each_concurrent(16, |a| {
                 let m = m.clone();
                 async move {
@@ -277,7 +283,7 @@ pub async fn collect_loop(m: Arc<Mgmt>) {
                 continue;
             }
         };
-        futures::stream::iter(agents.into_iter().filter(|a| a.state == AgentState::Active))
+        futures::stream::iter(agents.into_iter().filter(is_active_agent))
             .for_each_concurrent(16, |a| {
                 let m = m.clone();
                 async move {

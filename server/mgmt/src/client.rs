@@ -14,6 +14,19 @@ use futures::StreamExt;
 use crate::wire::{AdminCreate, AdminCreated, AdminInfo};
 use crate::MgmtError;
 
+/// Percent-encodes a query value (everything but unreserved characters).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Certificate, key and CA of an admin, from one PEM file.
 #[derive(Debug)]
 pub struct AdminBundle {
@@ -246,7 +259,28 @@ impl AdminClient {
         .await
     }
 
-    /// Revokes an agent.
+    /// The central catalog: restore points on every storage node (or one node, one group).
+    pub async fn catalog(
+        &self,
+        node: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<ferry_api::v1::Catalog, MgmtError> {
+        let mut q = Vec::new();
+        if let Some(n) = node {
+            q.push(format!("node={}", urlencode(n)));
+        }
+        if let Some(g) = group {
+            q.push(format!("group={}", urlencode(g)));
+        }
+        let path = if q.is_empty() {
+            "/v1/catalog".to_string()
+        } else {
+            format!("/v1/catalog?{}", q.join("&"))
+        };
+        self.get(&path).await
+    }
+
+    /// Revokes an agent or a storage node.
     pub async fn revoke(&self, id: &str) -> Result<AgentInfo, MgmtError> {
         self.send(
             reqwest::Method::POST,

@@ -10,7 +10,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use ferry_api::v1::{AgentHello, AgentInfo, AgentState, CollectedJob, CollectedLog, JobRecord};
+use ferry_api::v1::{
+    AgentHello, AgentInfo, AgentState, CollectedJob, CollectedLog, JobRecord, PeerRole,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::secrets::{Sealer, SEALED_PREFIX};
@@ -91,6 +93,15 @@ impl Db {
         )
         .map_err(sql)?;
         c.execute_batch(SCHEMA).map_err(sql)?;
+        // Registries from before storage nodes: every peer was an agent.
+        let has_role = c
+            .prepare("SELECT 1 FROM pragma_table_info('agents') WHERE name = 'role'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(sql)?;
+        if !has_role {
+            c.execute_batch("ALTER TABLE agents ADD COLUMN role TEXT NOT NULL DEFAULT 'agent'")
+                .map_err(sql)?;
+        }
         // Agents revoked before the revocation table existed.
         c.execute(
             "INSERT OR IGNORE INTO revoked (sha256, role, name, revoked)
@@ -218,8 +229,8 @@ impl Db {
     pub fn add_agent(&self, a: &AgentInfo) -> Result<(), MgmtError> {
         self.c()
             .execute(
-                "INSERT INTO agents (id, hostname, address, addresses, version, cert_sha256, state, registered, last_seen)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                "INSERT INTO agents (id, hostname, address, addresses, version, cert_sha256, state, registered, last_seen, role)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
                 params![
                     a.id,
                     a.hostname,
@@ -229,7 +240,8 @@ impl Db {
                     a.cert_sha256,
                     a.state.as_str(),
                     a.registered_unix,
-                    a.last_seen_unix
+                    a.last_seen_unix,
+                    a.role.as_str()
                 ],
             )
             .map_err(sql)?;
@@ -253,11 +265,16 @@ impl Db {
             },
             registered_unix: r.get(7)?,
             last_seen_unix: r.get(8)?,
+            role: if r.get::<_, String>(9)? == "node" {
+                PeerRole::Node
+            } else {
+                PeerRole::Agent
+            },
         })
     }
 
     const AGENT_COLS: &'static str =
-        "id, hostname, address, addresses, version, cert_sha256, state, registered, last_seen";
+        "id, hostname, address, addresses, version, cert_sha256, state, registered, last_seen, role";
 
     /// Every agent, by registration time.
     pub fn agents(&self) -> Result<Vec<AgentInfo>, MgmtError> {

@@ -12,6 +12,8 @@
 //!   (with their credentials, sealed), collected job records and logs;
 //! - the HTTPS API ([`routes`], documented in `ferry-api`), pairing with an agent, pushing
 //!   plans, collecting jobs and logs by cursor ([`agents`]), the optional license service;
+//! - the central catalog ([`catalog`]): the restore points of every registered storage
+//!   node (`role: node`), read from each node with the server's certificate;
 //! - [`client::AdminClient`]: the same API from the admin's side.
 //!
 //! It does not back anything up: the agents do. Credentials are stored in the database
@@ -54,6 +56,7 @@
 //!   `guestfwd` rule (10.0.2.100:9876, one `socat` per connection).
 
 pub mod agents;
+pub mod catalog;
 pub mod client;
 pub mod db;
 pub mod routes;

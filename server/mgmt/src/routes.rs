@@ -69,6 +69,7 @@ pub fn router(m: Arc<Mgmt>) -> Router {
         .route("/v1/jobs", get(jobs))
         .route("/v1/jobs/{agent}/{id}", get(job))
         .route("/v1/logs", get(logs))
+        .route("/v1/catalog", get(catalog))
         .fallback(|| async { Fail(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(m)
@@ -165,6 +166,7 @@ async fn enroll(
         state: AgentState::Active,
         registered_unix: now(),
         last_seen_unix: Some(now()),
+        role: req.hello.role,
     };
     m.db.add_agent(&info)?;
     tracing::info!(
@@ -472,4 +474,21 @@ async fn logs(
         q.after.unwrap_or(0),
         q.limit.unwrap_or(1000).min(100_000),
     )?))
+}
+
+#[derive(Debug, Deserialize)]
+struct CatalogQuery {
+    node: Option<String>,
+    group: Option<String>,
+}
+
+async fn catalog(
+    State(m): State<Arc<Mgmt>>,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<CatalogQuery>,
+) -> R<ferry_api::v1::Catalog> {
+    admin(&m, &peer)?;
+    Ok(Json(
+        crate::catalog::catalog(&m, q.node.as_deref(), q.group.as_deref()).await?,
+    ))
 }
