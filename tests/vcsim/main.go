@@ -84,7 +84,7 @@ func main() {
 	disks := flag.String("disks", "64M,32M", "disk sizes of DC0_H0_VM0")
 	window := flag.Int64("cbt-window", 16<<20, "max bytes one QueryChangedDiskAreas answer covers")
 	allVMs := flag.Bool("all-vms", false, "give every VM the -disks sizes, not only DC0_H0_VM0")
-	vapiFlag := flag.String("vapi", "both", "vAPI REST spellings served: both, rest (/rest only), api (/api only)")
+	vapiFlag := flag.String("vapi", "both", "vAPI REST spellings served: both, rest (/rest only), api (/api only), none (as ESXi)")
 	flag.Parse()
 	vapiMode = *vapiFlag
 	log.SetOutput(ioutil.Discard)
@@ -410,7 +410,7 @@ var vapiMode = "both"
 // login must carry our user and password: the simulator accepts any.
 func vapi(inner http.Handler, w http.ResponseWriter, r *http.Request) {
 	api := strings.HasPrefix(r.URL.Path, "/api/")
-	if (api && vapiMode == "rest") || (!api && vapiMode == "api") {
+	if vapiMode == "none" || (api && vapiMode == "rest") || (!api && vapiMode == "api") {
 		http.NotFound(w, r)
 		return
 	}

@@ -1,7 +1,8 @@
 //! VM selection by vSphere tag, against the govmomi simulator's vAPI REST API: a plan
 //! with `tags = ["category/tag"]` backs up exactly the tagged VM (not the host that has
 //! the tag too), a bare name used in two categories and an unknown tag fail the job naming
-//! the tag, and an older server with only `/rest` is served too.
+//! the tag, an older server with only `/rest` is served too, and a server without the
+//! vAPI (ESXi) gets a clear error.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -108,4 +109,17 @@ async fn a_server_with_only_rest_is_served() {
     assert_eq!(found[0].1, vec![vm]);
     let e = vc.vms_with_tags(&["paris".into()]).await.unwrap_err();
     assert_eq!(e.to_string(), "vSphere tag \"paris\" not found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_vapi_says_so() {
+    let sim = Sim::start(&["-vapi", "none"]).await;
+    let vc = sim.connect().await;
+    let e = vc.vms_with_tags(&["gold".into()]).await.unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "has no vSphere Automation REST API (/api and /rest answer 404): tags need vCenter"
+        ),
+        "{e}"
+    );
 }

@@ -125,7 +125,8 @@ impl<'a> VapiSession<'a> {
                 .map_err(|e| client.map_http_error(what, e))?;
             let status = resp.status().as_u16();
             match status {
-                404 if dialect == VapiDialect::Api => continue,
+                // Not this spelling (or no vAPI at all, as on ESXi): the error after the loop.
+                404 => continue,
                 401 | 403 => {
                     tracing::warn!(user = %creds.user, "vSphere refused the vAPI login");
                     return Err(VsphereError::Fault {
