@@ -1,5 +1,5 @@
 //! Licensing (optional): a signed license from the management server's license service
-//! (acquired at registration, renewed at every hello) or given in the config
+//! (acquired at registration, renewed at a hello once past half its life) or given in the config
 //! (`FERRY_LICENSE`: the license JSON, with `FERRY_LICENSE_ISSUER`: the issuer's public key
 //! in hex). Licensing is required as soon as an issuer is trusted; then jobs without a
 //! valid license are refused with the reason. Kept in `<state>/license/`.
@@ -87,12 +87,20 @@ impl LicenseStore {
         Ok(self.state())
     }
 
-    /// True when licensing is on and the license is from the management server.
+    /// True when the license is from the management server and is past half its life, or
+    /// no longer verifies. Hellos come every few minutes; renewing on each would re-issue
+    /// licenses that have months to run.
     pub fn wants_renewal(&self) -> bool {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.license
-            .as_ref()
-            .is_some_and(|l| l.terms.agent_id.is_some())
+        let Some(l) = g.license.as_ref().filter(|l| l.terms.agent_id.is_some()) else {
+            return false;
+        };
+        let now = ferry_api::now_unix();
+        let t = &l.terms;
+        let half = t
+            .issued_unix
+            .saturating_add(t.expires_unix.saturating_sub(t.issued_unix) / 2);
+        now >= half || ferry_tls::license::verify(l, &g.trusted, now).is_err()
     }
 
     /// The state for status and for the job gate.
@@ -128,5 +136,51 @@ impl LicenseStore {
                 },
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::v1::LicenseTerms;
+
+    fn terms(issued: i64, expires: i64) -> LicenseTerms {
+        LicenseTerms {
+            id: "l1".into(),
+            licensee: "test".into(),
+            hosts: 1,
+            sockets: 2,
+            issued_unix: issued,
+            expires_unix: expires,
+            agent_id: Some("agent-1".into()),
+        }
+    }
+
+    #[test]
+    fn renews_only_past_half_life_or_when_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LicenseStore::open(dir.path());
+        let issuer = ferry_tls::license::Issuer::generate();
+        let now = ferry_api::now_unix();
+        let day = 86_400;
+
+        store.install_from_mgmt(issuer.sign(terms(now - day, now + 364 * day)).unwrap());
+        assert!(!store.wants_renewal(), "a fresh license is not renewed");
+
+        store.install_from_mgmt(issuer.sign(terms(now - 300 * day, now + 65 * day)).unwrap());
+        assert!(store.wants_renewal(), "past half its life");
+
+        let mut forged = issuer.sign(terms(now - day, now + 364 * day)).unwrap();
+        forged.terms.hosts = 99;
+        store.install_from_mgmt(forged);
+        assert!(store.wants_renewal(), "a license that does not verify");
+
+        let mut local = issuer.sign(terms(now - 300 * day, now + day)).unwrap();
+        local.terms.agent_id = None;
+        store.install_from_mgmt(local);
+        assert!(
+            !store.wants_renewal(),
+            "a license from the config has no service"
+        );
     }
 }
