@@ -106,16 +106,24 @@ fn agent(m: &Mgmt, p: &Peer) -> Result<AgentInfo, Fail> {
     Ok(a)
 }
 
-/// Where to reach an agent: what it advertises, else its first address, else the peer.
+/// Where to reach an agent: what it advertises; else the address it connected from, when it
+/// reports it (a multi-homed agent is reachable on the network that reached us); else its
+/// first address (behind NAT the peer address is the router's); else the peer.
 pub fn agent_address(h: &AgentHello, peer: &Peer) -> String {
     if let Some(a) = &h.advertise {
         return a.clone();
     }
-    let ip = h
+    let reported: Vec<std::net::IpAddr> = h
         .addresses
         .iter()
-        .find_map(|a| a.split('/').next()?.parse::<std::net::IpAddr>().ok())
-        .unwrap_or(peer.addr.ip());
+        .filter_map(|a| a.split('/').next()?.parse().ok())
+        .collect();
+    let from = peer.addr.ip();
+    let ip = if reported.contains(&from) {
+        from
+    } else {
+        reported.first().copied().unwrap_or(from)
+    };
     std::net::SocketAddr::new(ip, h.port).to_string()
 }
 
@@ -491,4 +499,45 @@ async fn catalog(
     Ok(Json(
         crate::catalog::catalog(&m, q.node.as_deref(), q.group.as_deref()).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(addresses: &[&str], advertise: Option<&str>) -> AgentHello {
+        serde_json::from_value(serde_json::json!({
+            "hostname": "a",
+            "version": "0",
+            "addresses": addresses,
+            "port": 9876,
+            "advertise": advertise,
+        }))
+        .unwrap()
+    }
+
+    fn peer(ip: &str) -> Peer {
+        Peer {
+            addr: format!("{ip}:50000").parse().unwrap(),
+            cert_sha256: None,
+            names: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn agent_address_prefers_the_network_that_reached_us() {
+        let multi = hello(&["192.168.1.5/24", "10.1.2.3/16"], None);
+        assert_eq!(agent_address(&multi, &peer("10.1.2.3")), "10.1.2.3:9876");
+        // NAT: the peer is not one of the agent's own addresses.
+        assert_eq!(
+            agent_address(&multi, &peer("127.0.0.1")),
+            "192.168.1.5:9876"
+        );
+        assert_eq!(
+            agent_address(&hello(&[], None), &peer("10.9.9.9")),
+            "10.9.9.9:9876"
+        );
+        let adv = hello(&["10.1.2.3/16"], Some("backup.example:443"));
+        assert_eq!(agent_address(&adv, &peer("10.1.2.3")), "backup.example:443");
+    }
 }
