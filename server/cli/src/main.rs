@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 success; 1 error; 2 usage error; 3 verify found damage; 4 repository locked.
 
+mod catalog;
 mod demo;
 mod manage;
 mod output;
@@ -84,6 +85,9 @@ enum Cmd {
     Jobs(manage::JobsCmd),
     /// Logs collected from a managed agent.
     Logs(manage::LogsArgs),
+    /// Restore points across every storage node (the management server's catalog).
+    #[command(subcommand)]
+    Catalog(catalog::CatalogCmd),
     /// Generate a sample disk, back it up, change it, back it up again, restore and verify.
     Demo {
         /// Working directory (created; reused if it exists).
@@ -398,6 +402,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Plan(c) => return manage::plan(c, &rep).await,
         Cmd::Jobs(c) => return manage::jobs(c, &rep).await,
         Cmd::Logs(a) => return manage::logs(a, &rep).await,
+        Cmd::Catalog(c) => return catalog::catalog(c, &rep).await,
         Cmd::Repo(RepoCmd::Init {
             chunk_size: cs,
             compression_level,

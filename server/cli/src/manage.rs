@@ -1,5 +1,5 @@
 //! Remote management: `ferry mgmt serve|token create|agents list|add|revoke`,
-//! `ferry mgmt admins add|list|revoke`, `ferry plan apply|list`,
+//! `ferry mgmt admins add|list|revoke`, `ferry mgmt nodes list|revoke`, `ferry plan apply|list`,
 //! `ferry jobs list|show|run-now`, `ferry logs --agent`.
 //!
 //! Everything but `mgmt serve` talks to the management server (`--mgmt`, `FERRY_MGMT`)
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use ferry_api::v1::{Credential, JobRecord, PlanPush, ProgressEvent};
+use ferry_api::v1::{Credential, JobRecord, PeerRole, PlanPush, ProgressEvent};
 use ferry_api::Plan;
 use ferry_mgmt::client::{AdminBundle, AdminClient};
 
@@ -31,7 +31,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn client(&self) -> anyhow::Result<AdminClient> {
+    pub(crate) fn client(&self) -> anyhow::Result<AdminClient> {
         let url = self
             .mgmt
             .as_deref()
@@ -58,6 +58,25 @@ pub enum MgmtCmd {
     /// Admins: each has its own client certificate.
     #[command(subcommand)]
     Admins(AdminsCmd),
+    /// Storage nodes registered with the management server (`ferry-node enroll`).
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodesCmd {
+    /// List registered storage nodes.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke a storage node: the management server refuses it and stops reading its catalog.
+    Revoke {
+        /// Node id.
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -133,7 +152,7 @@ pub enum TokenCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum AgentsCmd {
-    /// List registered agents.
+    /// List registered agents (storage nodes: `ferry mgmt nodes list`).
     List {
         #[command(flatten)]
         conn: Conn,
@@ -282,7 +301,7 @@ fn read_credentials(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, C
     })
 }
 
-fn when(t: i64) -> String {
+pub(crate) fn when(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
         .and_then(|d| {
@@ -413,7 +432,13 @@ pub async fn mgmt(cmd: &MgmtCmd, rep: &Reporter) -> anyhow::Result<ExitCode> {
             });
         }
         MgmtCmd::Agents(AgentsCmd::List { conn }) => {
-            let v = conn.client()?.agents().await?;
+            let v: Vec<_> = conn
+                .client()?
+                .agents()
+                .await?
+                .into_iter()
+                .filter(|a| a.role == PeerRole::Agent)
+                .collect();
             rep.result(&v, || {
                 let mut s = format!(
                     "{:<16}  {:<20} {:<22} {:<8} {:<20} {}",
@@ -445,6 +470,41 @@ pub async fn mgmt(cmd: &MgmtCmd, rep: &Reporter) -> anyhow::Result<ExitCode> {
                     a.id, a.hostname, a.address
                 )
             });
+        }
+        MgmtCmd::Nodes(NodesCmd::List { conn }) => {
+            let v: Vec<_> = conn
+                .client()?
+                .agents()
+                .await?
+                .into_iter()
+                .filter(|a| a.role == PeerRole::Node)
+                .collect();
+            rep.result(&v, || {
+                let mut s = format!(
+                    "{:<16}  {:<20} {:<22} {:<20} {}",
+                    "ID", "HOSTNAME", "ADDRESS", "LAST SEEN", "STATE"
+                );
+                for a in &v {
+                    s.push_str(&format!(
+                        "\n{:<16}  {:<20} {:<22} {:<20} {}",
+                        a.id,
+                        a.hostname,
+                        a.address,
+                        a.last_seen_unix.map(when).unwrap_or_else(|| "-".into()),
+                        a.state.as_str(),
+                    ));
+                }
+                s
+            });
+        }
+        MgmtCmd::Nodes(NodesCmd::Revoke { id, conn }) => {
+            let c = conn.client()?;
+            let known = c.agents().await?.into_iter().find(|a| &a.id == id);
+            if known.is_some_and(|a| a.role != PeerRole::Node) {
+                bail!("{id} is an agent, not a storage node: ferry mgmt agents revoke {id}");
+            }
+            let a = c.revoke(id).await?;
+            rep.result(&a, || format!("node {} is {}", a.id, a.state.as_str()));
         }
         MgmtCmd::Agents(AgentsCmd::Revoke { id, conn }) => {
             let a = conn.client()?.revoke(id).await?;
