@@ -17,6 +17,7 @@
 //! | `FERRY_STORE_CA_FILE` | PEM CA bundle for S3 HTTPS and FTPS |
 //! | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | S3 credentials |
 //! | `FERRY_STORE_PARALLEL`, `FERRY_STORE_BWLIMIT`, `FERRY_STORE_RETRIES` | tuning (see [`StoreOptions`]) |
+//! | `FERRY_NODE_IDENTITY` | `node://`: PEM bundle of this client's certificate, its key and the management CA (or `identity=FILE` in the URL) |
 //!
 //! The secrets file uses the same names in lower case without the prefix: `password`,
 //! `key_file`, `key_passphrase`, `known_hosts`, `host_fingerprint`, `accept_new_host_key`,

@@ -41,6 +41,14 @@
 //!   the node (`POST .../jobs/gc` or the schedule). Backups hold the archive's shared lock
 //!   through the lock endpoints and commits take one of their own, so GC (exclusive) never
 //!   runs between "this chunk is present" and the manifest that names it.
+//! - **Indexes travel with the manifest.** The `node://` store keeps a point's indexes in
+//!   memory until the archive writes the manifest, then sends them in one commit request;
+//!   so a point's objects appear on the node all at once or not at all, and a killed client
+//!   leaves nothing but chunks (which the next backup reuses and GC removes otherwise).
+//! - **Locks** are the archive's lock objects, written through `PUT /locks/{name}` (only
+//!   well-formed lock records are accepted). Any grantee of a vault may delete a lock object,
+//!   because the archive's protocol removes other holders' stale locks; a node-side owner
+//!   check is not done yet.
 //! - **Quota** counts every byte in the vault directory (counted at start and after GC and
 //!   prune, then kept as a running total). A chunk or commit that would exceed it gets 507;
 //!   nothing partial is left visible (chunks are atomic objects; a point without manifest is

@@ -21,6 +21,21 @@ use ferry_storage::{LocalStore, Store};
 use crate::config::VaultConfig;
 use crate::NodeError;
 
+/// Bytes of a vault's quota held for a write in progress; given back on drop unless kept.
+struct Reservation<'a> {
+    vault: &'a Vault,
+    n: u64,
+    kept: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.vault.unreserve(self.n);
+        }
+    }
+}
+
 /// Manifest `meta` key holding the identity that committed the point.
 pub const OWNER_KEY: &str = "ferry.node.owner";
 
@@ -117,18 +132,23 @@ impl Vault {
         }
     }
 
-    /// Reserves `n` bytes of the quota.
-    fn reserve(&self, n: u64) -> Result<(), NodeError> {
-        if self.quota == 0 {
-            self.used.fetch_add(n, Ordering::Relaxed);
-            return Ok(());
-        }
-        let quota = self.quota;
+    /// Reserves `n` bytes of the quota until the returned guard is kept or dropped (a
+    /// handler dropped mid-write, when its client goes away, gives the bytes back).
+    fn reserve(&self, n: u64) -> Result<Reservation<'_>, NodeError> {
+        let quota = if self.quota == 0 {
+            u64::MAX
+        } else {
+            self.quota
+        };
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
                 u.checked_add(n).filter(|t| *t <= quota)
             })
-            .map(|_| ())
+            .map(|_| Reservation {
+                vault: self,
+                n,
+                kept: false,
+            })
             .map_err(|u| NodeError::Quota {
                 vault: self.name.clone(),
                 used: u,
@@ -182,19 +202,10 @@ impl Vault {
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?
             .map_err(|e| NodeError::Poisoned(e.to_string()))?;
-        let n = body.len() as u64;
-        self.reserve(n)?;
-        match self.store().put_new(&key, body).await {
-            Ok(true) => Ok(true),
-            Ok(false) => {
-                self.unreserve(n);
-                Ok(false)
-            }
-            Err(e) => {
-                self.unreserve(n);
-                Err(e.into())
-            }
-        }
+        let mut r = self.reserve(body.len() as u64)?;
+        let fresh = self.store().put_new(&key, body).await?;
+        r.kept = fresh;
+        Ok(fresh)
     }
 
     /// The owner recorded in a manifest.
@@ -308,7 +319,7 @@ impl Vault {
         let mdata = format::encode_json(Kind::Manifest, &*m)?;
         let total: u64 =
             indexes.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + mdata.len() as u64;
-        self.reserve(total)?;
+        let mut r = self.reserve(total)?;
         let res = async {
             for (k, b) in indexes {
                 self.store().put(&k, b).await?;
@@ -319,9 +330,7 @@ impl Vault {
             Ok::<bool, NodeError>(fresh)
         }
         .await;
-        if !matches!(res, Ok(true)) {
-            self.unreserve(total);
-        }
+        r.kept = matches!(res, Ok(true));
         res
     }
 

@@ -37,6 +37,17 @@ async fn quota_overflow_fails_cleanly_and_the_vault_verifies() {
     assert!(e.to_string().contains("quota exceeded"), "{e}");
     let used = w.chunk_bytes("small");
     assert!(used <= 6 * MIB, "{used}");
+    // The node's own count never passes the quota either.
+    let vaults: Vec<ferry_api::node::VaultInfo> = http(&w, &a1)
+        .get(format!("https://{}/v1/vaults", node.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let info = vaults.iter().find(|v| v.name == "small").unwrap();
+    assert!(info.used <= info.quota && info.quota == 6 * MIB, "{info:?}");
 
     // No new point; the old one restores; the vault verifies, on the node and here.
     assert_eq!(repo.list_point_ids().await.unwrap(), vec![m.id.clone()]);

@@ -111,15 +111,20 @@ impl World {
     }
 }
 
+/// Bytes of the objects under `p` (temporaries of writes in flight are not objects).
 fn du(p: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else {
         return 0;
     };
     rd.flatten()
         .map(|e| {
-            let m = e.metadata().unwrap();
+            let Ok(m) = e.metadata() else {
+                return 0;
+            };
             if m.is_dir() {
                 du(&e.path())
+            } else if e.file_name().to_string_lossy().starts_with(".tmp") {
+                0
             } else {
                 m.len()
             }
@@ -133,7 +138,7 @@ fn count(p: &Path) -> usize {
     };
     rd.flatten()
         .map(|e| {
-            if e.metadata().unwrap().is_dir() {
+            if e.metadata().is_ok_and(|m| m.is_dir()) {
                 count(&e.path())
             } else {
                 usize::from(!e.file_name().to_string_lossy().starts_with(".tmp"))
