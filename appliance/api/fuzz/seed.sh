@@ -20,3 +20,16 @@ folders = ["/DC0/vm"]
 url = "sftp://u@nas:22/ferry"
 credential = "nas"
 TOML
+# Storage node bodies: the JSON ones go to request, commit bodies to commit.
+printf '%s' '{"digests":["0000000000000000000000000000000000000000000000000000000000000000"]}' >"$d/missing.json"
+printf '%s' '{"group":"web01","keep_last":3,"keep_daily":7,"dry_run":true}' >"$d/prune.json"
+c=corpus/commit
+mkdir -p "$c"
+commit() { # header JSON, then the objects' bytes
+  local h=$1; shift
+  { printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $((${#h} & 255)) $((${#h} >> 8 & 255)) $((${#h} >> 16 & 255)) $((${#h} >> 24)))"
+    printf '%s' "$h"; printf '%s' "$@"; } >"$c/$(printf '%s' "$h" | cksum | cut -d' ' -f1)"
+}
+commit '{"objects":[{"key":"points/x/disk-0.index","size":3},{"key":"points/x/manifest","size":5}]}' abc defgh
+commit '{"objects":[]}'
+commit '{"objects":[{"key":"points/p/manifest","size":0}]}'
