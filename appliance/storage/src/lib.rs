@@ -440,6 +440,58 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn missing_defaults_to_exists_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = LocalStore::new(dir.path().to_path_buf());
+        local.put("a/x", Bytes::from_static(b"1")).await.unwrap();
+        local.put("c", Bytes::from_static(b"2")).await.unwrap();
+        let keys: Vec<String> = ["a/x", "b", "c", "d/e"].map(String::from).to_vec();
+        assert_eq!(local.missing(&keys).await.unwrap(), vec!["b", "d/e"]);
+        assert!(local.missing(&[]).await.unwrap().is_empty());
+        // No batch query: the engine keeps asking `exists`, as before.
+        assert_eq!(local.batch_hint(), 1);
+        let mut o = StoreOptions::default();
+        o.probe = false;
+        let limited = Limited::new(Flat(local), &o);
+        assert_eq!(limited.missing(&keys).await.unwrap(), vec!["b", "d/e"]);
+        assert_eq!(limited.batch_hint(), 1);
+    }
+
+    /// A local store as a remote backend, to go through [`Limited`].
+    #[derive(Debug)]
+    struct Flat(LocalStore);
+
+    impl Backend for Flat {}
+
+    #[async_trait]
+    impl Store for Flat {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+            self.0.put(key, data).await
+        }
+        async fn put_new(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+            self.0.put_new(key, data).await
+        }
+        async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+            self.0.get(key).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+            self.0.exists(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+            self.0.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.0.delete(key).await
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            self.0.sync().await
+        }
+    }
+
     #[test]
     fn locations_parse() {
         assert!(open_store("file:///tmp/x").is_ok());
