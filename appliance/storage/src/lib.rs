@@ -451,8 +451,10 @@ mod tests {
         assert!(local.missing(&[]).await.unwrap().is_empty());
         // No batch query: the engine keeps asking `exists`, as before.
         assert_eq!(local.batch_hint(), 1);
-        let mut o = StoreOptions::default();
-        o.probe = false;
+        let o = StoreOptions {
+            probe: false,
+            ..StoreOptions::default()
+        };
         let limited = Limited::new(Flat(local), &o);
         assert_eq!(limited.missing(&keys).await.unwrap(), vec!["b", "d/e"]);
         assert_eq!(limited.batch_hint(), 1);
