@@ -501,4 +501,26 @@ async fn catalog_lists_points_of_every_node() {
     let c = client.catalog(None, None).await.unwrap();
     assert!(c.errors.is_empty(), "{:?}", c.errors);
     assert_eq!(c.points.len(), 2);
+
+    // A node that accepts connections and never answers costs the per-node timeout, no
+    // more, and the others are still listed.
+    let nc = enroll_node(&bin, dir.path(), "node-c", config_a, &mgmt, &token());
+    let hole = std::net::TcpListener::bind(("127.0.0.1", nc.port)).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hole.incoming() {
+            held.push(s);
+        }
+    });
+    let t = std::time::Instant::now();
+    let c = client.catalog(None, None).await.unwrap();
+    let took = t.elapsed();
+    assert!(
+        took >= ferry_mgmt::catalog::NODE_TIMEOUT
+            && took < ferry_mgmt::catalog::NODE_TIMEOUT + std::time::Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
+    assert_eq!(c.errors[0].node_id, nc.id);
+    assert_eq!(c.points.len(), 2);
 }
