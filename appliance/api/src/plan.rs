@@ -380,10 +380,22 @@ impl Plan {
             return Err(err("destination.url", "empty"));
         }
         if let Some((scheme, _)) = self.destination.url.split_once("://") {
-            if !["file", "sftp", "ftp", "ftps", "s3"].contains(&scheme) {
+            const SCHEMES: [&str; 10] = [
+                "file",
+                "sftp",
+                "ftp",
+                "ftps",
+                "ftps-implicit",
+                "s3",
+                "smb",
+                "cifs",
+                "nfs",
+                "node",
+            ];
+            if !SCHEMES.contains(&scheme) {
                 return Err(err(
                     "destination.url",
-                    format!("unsupported scheme {scheme:?} (file, sftp, ftp, ftps, s3)"),
+                    format!("unsupported scheme {scheme:?} ({})", SCHEMES.join(", ")),
                 ));
             }
             url::Url::parse(&self.destination.url)

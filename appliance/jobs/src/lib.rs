@@ -77,6 +77,7 @@ pub fn store_options(plan: &Plan, c: Option<&Credential>) -> Result<StoreOptions
             "host_fingerprint" => s.host_fingerprint = Some(v.clone()),
             "accept_new_host_key" => s.accept_new_host_key = matches!(v.as_str(), "1" | "true"),
             "ca_file" => s.ca_file = Some(v.into()),
+            "identity_file" => s.client_identity = Some(v.into()),
             "access_key_id" => s.access_key_id = Some(v.clone()),
             "secret_access_key" => s.secret_access_key = Some(v.clone()),
             "session_token" => s.session_token = Some(v.clone()),

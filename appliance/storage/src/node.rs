@@ -18,7 +18,8 @@
 //! URL: `node://host[:9876]/vault?node=ID` (the node's id from its enrollment: its
 //! certificate names `agent-ID.ferry.internal`), or `&name=DNSNAME` for another name. The
 //! client identity is a PEM bundle (this agent's certificate, its key, and the management
-//! CA, like `admin.pem`): `identity=FILE` in the URL or `FERRY_NODE_IDENTITY`. Only that CA
+//! CA, like `admin.pem`): `identity=FILE` in the URL, the `identity_file` secret (an agent
+//! fills it with its own registration), or `FERRY_NODE_IDENTITY`. Only that CA
 //! is trusted for the node.
 
 use std::collections::HashMap;
@@ -131,7 +132,11 @@ impl NodeStore {
             ));
         }
         let mut name = None;
-        let mut identity = std::env::var_os("FERRY_NODE_IDENTITY").map(std::path::PathBuf::from);
+        let mut identity = opts
+            .secrets
+            .client_identity
+            .clone()
+            .or_else(|| std::env::var_os("FERRY_NODE_IDENTITY").map(std::path::PathBuf::from));
         for (k, v) in url.query_pairs() {
             match k.as_ref() {
                 "node" => name = Some(ferry_api::agent_server_name(&v)),
@@ -172,7 +177,6 @@ impl NodeStore {
         )
         .map_err(|e| auth(e.to_string()))?;
         let client = ferry_tls::http_client(cfg).map_err(|e| auth(e.to_string()))?;
-        let _ = opts;
         let addr = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {

@@ -46,6 +46,9 @@ pub struct Secrets {
     pub accept_new_host_key: bool,
     /// PEM CA bundle for TLS (S3 over HTTPS, FTPS). Without it the system bundle is used.
     pub ca_file: Option<PathBuf>,
+    /// Client identity for a storage node (`node://`): this client's certificate, its key and
+    /// the management CA in one PEM file.
+    pub client_identity: Option<PathBuf>,
     /// S3 access key id.
     pub access_key_id: Option<String>,
     /// S3 secret access key.
@@ -70,6 +73,7 @@ impl Secrets {
             "host_fingerprint" => self.host_fingerprint = Some(value),
             "accept_new_host_key" => self.accept_new_host_key = truthy(&value),
             "ca_file" => self.ca_file = Some(value.into()),
+            "identity_file" => self.client_identity = Some(value.into()),
             "access_key_id" => self.access_key_id = Some(value),
             "secret_access_key" => self.secret_access_key = Some(value),
             "session_token" => self.session_token = Some(value),
