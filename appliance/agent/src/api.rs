@@ -505,7 +505,7 @@ async fn revocations_put(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
     };
     match ctx.agent.revoked.install(l) {
         Ok(s) => Json(s).into_response(),
-        Err(e) => fail(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e) => fail(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     }
 }
 

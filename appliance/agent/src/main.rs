@@ -108,7 +108,7 @@ async fn run(state_dir: PathBuf, events: Arc<events::EventLog>) -> anyhow::Resul
         plans: plans::PlanStore::open(&state_dir),
         jobs: jobs::JobStore::open(&state_dir),
         license: license::LicenseStore::open(&state_dir),
-        revoked: revocation::RevocationStore::open(&state_dir),
+        revoked: revocation::open(&state_dir),
         state_dir,
         hostname,
         port: addr.port(),

@@ -12,7 +12,8 @@
 //!   peer's address and certificate fingerprint ([`serve::Peer`]), with a server config
 //!   that can be swapped at run time (the agent switches to mTLS when it registers);
 //! - [`revocation`]: the revocation list the management CA signs (fingerprints of revoked
-//!   agent and admin certificates) and its verification;
+//!   agent and admin certificates), its verification, and the store that keeps the list in
+//!   force on a peer that enforces it (the agent, the storage node);
 //! - [`http_client`]: a reqwest client on a given rustls config.
 //!
 //! It deliberately knows nothing about agents, plans or the registry: callers decide what

@@ -6,8 +6,16 @@
 //! agent's gate), and agents registered before serials were recorded could not be listed
 //! by serial. The signature makes the file an agent keeps trustworthy on its own, whatever
 //! channel brought it.
+//!
+//! [`RevocationStore`] is the list in force on a peer that enforces it (the agent, the
+//! storage node): verified against the CA, kept 0600 on disk, never replaced by an older
+//! version.
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use serde::{Deserialize, Serialize};
@@ -97,6 +105,155 @@ impl SignedRevocations {
     }
 }
 
+/// Why a list was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    /// The management CA certificate to check the list with cannot be read.
+    #[error("no management CA to check the list with ({path}): {why}")]
+    NoCa {
+        /// Where it was looked for.
+        path: String,
+        /// The I/O error.
+        why: String,
+    },
+    /// The signature or the list is wrong.
+    #[error(transparent)]
+    Invalid(#[from] TlsError),
+    /// A list older than the one held.
+    #[error("revocation list version {got} is older than the version {held} held")]
+    Older {
+        /// Version offered.
+        got: u64,
+        /// Version held.
+        held: u64,
+    },
+    /// The list could not be kept on disk.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What a peer reports about the list in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationState {
+    /// Version of the list held (0: none).
+    pub version: u64,
+    /// When it was signed (Unix seconds).
+    pub issued_unix: i64,
+    /// How many certificates it revokes.
+    pub revoked: usize,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    list: RevocationList,
+    set: BTreeSet<String>,
+}
+
+/// The list in force, kept as `revoked.json` (0600) in a directory and checked against the
+/// management CA certificate in a file (read at every check: it may appear after the store
+/// is opened, when an agent registers).
+#[derive(Debug)]
+pub struct RevocationStore {
+    file: PathBuf,
+    ca_path: PathBuf,
+    held: RwLock<Held>,
+}
+
+/// The file name of the kept list.
+pub const REVOKED_FILE: &str = "revoked.json";
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), RevocationError> {
+    let io = |e: std::io::Error| RevocationError::Io(format!("{}: {e}", path.display()));
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+impl RevocationStore {
+    /// Loads `dir/revoked.json` if present; a kept list that does not verify is ignored
+    /// (and said so): the management server sends it again.
+    pub fn open(dir: &Path, ca_pem_path: &Path) -> RevocationStore {
+        let s = RevocationStore {
+            file: dir.join(REVOKED_FILE),
+            ca_path: ca_pem_path.to_path_buf(),
+            held: RwLock::new(Held::default()),
+        };
+        if let Ok(b) = std::fs::read(&s.file) {
+            let r = serde_json::from_slice::<SignedRevocations>(&b)
+                .map_err(|e| RevocationError::Invalid(TlsError::Pki(e.to_string())))
+                .and_then(|l| s.check(&l));
+            match r {
+                Ok(list) => s.set(list),
+                Err(e) => tracing::error!("{}: {e}; ignored", s.file.display()),
+            }
+        }
+        s
+    }
+
+    fn check(&self, l: &SignedRevocations) -> Result<RevocationList, RevocationError> {
+        let ca = std::fs::read_to_string(&self.ca_path).map_err(|e| RevocationError::NoCa {
+            path: self.ca_path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        Ok(l.verify(&ca)?)
+    }
+
+    fn set(&self, list: RevocationList) {
+        let set = list.fingerprints();
+        *self.held.write().unwrap_or_else(|e| e.into_inner()) = Held { list, set };
+    }
+
+    /// True when `sha256` (hex, any case) is on the list.
+    pub fn is_revoked(&self, sha256: &str) -> bool {
+        self.held
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .set
+            .contains(&sha256.to_ascii_lowercase())
+    }
+
+    /// The list in force.
+    pub fn state(&self) -> RevocationState {
+        let h = self.held.read().unwrap_or_else(|e| e.into_inner());
+        RevocationState {
+            version: h.list.version,
+            issued_unix: h.list.issued_unix,
+            revoked: h.set.len(),
+        }
+    }
+
+    /// Verifies, keeps and applies a list; an older version than the one held is refused,
+    /// the same version is a no-op.
+    pub fn install(&self, l: SignedRevocations) -> Result<RevocationState, RevocationError> {
+        let list = self.check(&l)?;
+        let held = self.state().version;
+        if list.version < held {
+            return Err(RevocationError::Older {
+                got: list.version,
+                held,
+            });
+        }
+        if list.version > held {
+            let body = serde_json::to_vec(&l).map_err(|e| RevocationError::Io(e.to_string()))?;
+            write_private(&self.file, &body)?;
+            let (v, n) = (list.version, list.entries.len());
+            self.set(list);
+            tracing::info!("revocation list version {v} installed: {n} certificates revoked");
+        }
+        Ok(self.state())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +290,49 @@ mod tests {
         let mut t = s;
         t.signature = "00".into();
         assert!(t.verify(ca.cert_pem()).is_err());
+    }
+
+    #[test]
+    fn store_keeps_newer_verified_lists_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::create("ca").unwrap();
+        let other = Ca::create("other").unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        let list = |v: u64, fp: &str| RevocationList {
+            version: v,
+            issued_unix: 1,
+            entries: vec![Revoked {
+                sha256: fp.into(),
+                role: "agent".into(),
+                name: "x".into(),
+                revoked_unix: 1,
+            }],
+        };
+        let s = RevocationStore::open(dir.path(), &ca_path);
+        let l2 = ca.sign_revocations(&list(2, &"AA".repeat(32))).unwrap();
+        // No CA yet: refused.
+        assert!(matches!(
+            s.install(l2.clone()),
+            Err(RevocationError::NoCa { .. })
+        ));
+        std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+        assert_eq!(s.install(l2).unwrap().version, 2);
+        assert!(s.is_revoked(&"aa".repeat(32)));
+        let mode = std::fs::metadata(dir.path().join(REVOKED_FILE)).unwrap();
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        // Forged and older lists are refused; the list in force stays.
+        let forged = other.sign_revocations(&list(9, &"bb".repeat(32))).unwrap();
+        assert!(matches!(
+            s.install(forged),
+            Err(RevocationError::Invalid(_))
+        ));
+        let old = ca.sign_revocations(&list(1, &"cc".repeat(32))).unwrap();
+        assert!(matches!(s.install(old), Err(RevocationError::Older { .. })));
+        assert!(!s.is_revoked(&"bb".repeat(32)));
+        // Kept across a reopen.
+        let again = RevocationStore::open(dir.path(), &ca_path);
+        assert_eq!(again.state().version, 2);
+        assert!(again.is_revoked(&"AA".repeat(32)));
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:9876"
+//! revocation_every = 300        # seconds between fetches of the revocation list
+//! # mgmt = "mgmt.example:9876"  # only if enrolled before `mgmt.url` was recorded
 //!
 //! [[vault]]
 //! name = "main"
@@ -28,6 +30,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::NodeError;
+
+/// Seconds between fetches of the revocation list, unless `revocation_every` says otherwise.
+pub const DEFAULT_REVOCATION_EVERY: u64 = 300;
 
 /// A quota: bytes, or a string with a suffix.
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +80,10 @@ struct RawVault {
 struct RawConfig {
     #[serde(default)]
     listen: Option<String>,
+    #[serde(default)]
+    revocation_every: Option<u64>,
+    #[serde(default)]
+    mgmt: Option<String>,
     #[serde(default, rename = "vault")]
     vaults: Vec<RawVault>,
     #[serde(default, rename = "grant")]
@@ -129,6 +138,11 @@ pub struct Schedule {
 pub struct NodeConfig {
     /// Listen address.
     pub listen: String,
+    /// Seconds between fetches of the revocation list from the management server.
+    pub revocation_every: u64,
+    /// The management server (`host:port` or `https://host:port`) when `mgmt.url`, written
+    /// at enrollment, is missing.
+    pub mgmt: Option<String>,
     /// Vaults.
     pub vaults: Vec<VaultConfig>,
     /// Grants.
@@ -209,8 +223,15 @@ impl NodeConfig {
                 "schedule.prune needs a [retention] table".into(),
             ));
         }
+        if raw.revocation_every == Some(0) {
+            return Err(NodeError::Config(
+                "revocation_every must be at least 1 (seconds)".into(),
+            ));
+        }
         Ok(NodeConfig {
             listen: raw.listen.unwrap_or_else(|| "0.0.0.0:9876".into()),
+            revocation_every: raw.revocation_every.unwrap_or(DEFAULT_REVOCATION_EVERY),
+            mgmt: raw.mgmt,
             vaults,
             grants: raw.grants,
             schedule: raw.schedule,
@@ -268,6 +289,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.vaults[0].quota, 10 << 20);
+        assert_eq!(c.revocation_every, DEFAULT_REVOCATION_EVERY);
         assert_eq!(c.vaults[1].quota, 0);
         assert_eq!(c.access("agent-x", "a"), Access::Write);
         assert_eq!(c.access("agent-x", "b"), Access::None);
@@ -280,6 +302,7 @@ mod tests {
             "[schedule]\ngc = \"every day\"",
             "[schedule]\nprune = \"0 4 * * *\"",
             "lisen = \"x\"",
+            "revocation_every = 0",
         ] {
             assert!(NodeConfig::parse(bad).is_err(), "{bad}");
         }

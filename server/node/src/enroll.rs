@@ -1,7 +1,8 @@
 //! Enrollment with the management server: the agent flow of `ferry-mgmt`
 //! (`POST /v1/enroll` with a one-time token `ID.SECRET.CA_SHA256`), run by an admin on the
 //! node. The node generates its key, sends a CSR, and stores the certificate the management
-//! CA signed and the CA itself in its state directory.
+//! CA signed and the CA itself in its state directory, with the management server's address
+//! (`mgmt.url`, where the node fetches the revocation list).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -103,5 +104,10 @@ pub async fn enroll(
         .await
         .map_err(|e| NodeError::Invalid(format!("enrollment answer: {e}")))?;
     install_identity(state, &r.cert_pem, &key_pem, &r.ca_pem)?;
+    write_file(
+        &state.join(crate::MGMT_URL_FILE),
+        &format!("{base}\n"),
+        0o644,
+    )?;
     Ok(r.agent_id)
 }

@@ -3,7 +3,8 @@
 //! # What this crate owns
 //! - the state directory: `node.toml` ([`config`]: vaults, quotas, grants, job schedules,
 //!   retention), `node.pem` (certificate chain) + `node.key` (0600) + `ca.pem` (the
-//!   management CA), `vaults/<name>/` (one archive repository per vault, the same
+//!   management CA), `mgmt.url` (the management server enrolled with), `revoked.json`
+//!   (0600, the management CA's signed revocation list, [`revocation`]), `vaults/<name>/` (one archive repository per vault, the same
 //!   `ferry-archive` format as every other store), `verify-<vault>.json` (last verify of
 //!   each point, for the catalog);
 //! - the HTTPS API on 9876 ([`routes`], wire types and table in `ferry_api::node`): batch
@@ -13,7 +14,9 @@
 //!   run unchanged over the `node://` store of `ferry-storage`;
 //! - vault rules ([`vault`]): quotas, grants, the writer of each point;
 //! - scheduled verify, prune and GC ([`jobs`]) under the archive's repository locks;
-//! - enrollment with the management server ([`enroll`]).
+//! - enrollment with the management server ([`enroll`]);
+//! - the revocation list ([`revocation`]): fetched from the management server, kept, and
+//!   every client certificate on it refused (403) before any route runs.
 //!
 //! It does not back anything up and does not know about VMs: agents do, through
 //! `node://host:9876/vault`.
@@ -57,6 +60,7 @@
 pub mod config;
 pub mod enroll;
 pub mod jobs;
+pub mod revocation;
 pub mod routes;
 pub mod vault;
 
@@ -64,6 +68,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ferry_tls::revocation::RevocationStore;
 use ferry_tls::trust::{server_config, ClientAuth, Identity};
 
 pub use config::{Access, NodeConfig};
@@ -127,7 +132,12 @@ pub struct Node {
     pub vaults: BTreeMap<String, Arc<Vault>>,
     /// State directory.
     pub state_dir: PathBuf,
+    /// The management CA's revocation list in force.
+    pub revoked: RevocationStore,
 }
+
+/// The file in the state directory that names the management server (`https://host:port`).
+pub const MGMT_URL_FILE: &str = "mgmt.url";
 
 /// Files of the TLS identity in the state directory.
 pub fn tls_files(state: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -142,6 +152,11 @@ impl Node {
     /// Opens the state directory: reads `node.toml`, opens (or creates) every vault.
     pub async fn open(state_dir: &Path) -> Result<Arc<Node>, NodeError> {
         let config = NodeConfig::load(&state_dir.join("node.toml"))?;
+        Node::with_config(state_dir, config).await
+    }
+
+    /// Opens the state directory with `config` (read from `node.toml` and adjusted).
+    pub async fn with_config(state_dir: &Path, config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         let root = state_dir.join("vaults");
         std::fs::create_dir_all(&root)
             .map_err(|e| NodeError::Io(format!("{}: {e}", root.display())))?;
@@ -156,6 +171,7 @@ impl Node {
             config,
             vaults,
             state_dir: state_dir.to_path_buf(),
+            revoked: revocation::open(state_dir),
         }))
     }
 
@@ -183,7 +199,9 @@ pub async fn serve_on(node: Arc<Node>, listener: tokio::net::TcpListener) -> Res
     let tls = node.server_tls()?;
     let (_tx, rx) = tokio::sync::watch::channel(tls);
     let sched = tokio::spawn(jobs::scheduler(node.clone()));
+    let fetch = tokio::spawn(revocation::fetcher(node.clone()));
     ferry_tls::serve::serve(listener, rx, routes::router(node)).await;
     sched.abort();
+    fetch.abort();
     Ok(())
 }

@@ -27,6 +27,9 @@ enum Cmd {
         /// Listen address; overrides `listen` in node.toml.
         #[arg(long)]
         listen: Option<String>,
+        /// Seconds between fetches of the revocation list; overrides `revocation_every`.
+        #[arg(long, env = "FERRY_NODE_REVOCATION_EVERY")]
+        revocation_every: Option<u64>,
     },
     /// Enroll with the management server using a one-time token (ID.SECRET.CA_SHA256).
     Enroll {
@@ -56,8 +59,17 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Serve { listen } => {
-            let node = ferry_node::Node::open(&cli.state)
+        Cmd::Serve {
+            listen,
+            revocation_every,
+        } => {
+            let path = cli.state.join("node.toml");
+            let mut config = ferry_node::NodeConfig::load(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if let Some(s) = revocation_every {
+                config.revocation_every = s.max(1);
+            }
+            let node = ferry_node::Node::with_config(&cli.state, config)
                 .await
                 .with_context(|| format!("opening {}", cli.state.display()))?;
             let addr = listen.unwrap_or_else(|| node.config.listen.clone());

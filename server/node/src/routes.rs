@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
@@ -136,6 +137,27 @@ fn ctx(node: &Node, peer: &Peer, vault: &str) -> Result<Ctx, Fail> {
     }
 }
 
+/// Refuses every client certificate on the management CA's revocation list, before any
+/// route runs.
+async fn gate(State(n): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    if let Some(peer) = req.extensions().get::<Peer>() {
+        if let Some(fp) = &peer.cert_sha256 {
+            if n.revoked.is_revoked(fp) {
+                tracing::warn!(
+                    "refused a revoked certificate ({}, sha256 {fp}) from {}",
+                    peer.names.join(","),
+                    peer.addr
+                );
+                return forbidden(
+                    "this client certificate is revoked (on the management server's revocation list)",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
 /// The routes.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -173,6 +195,7 @@ pub fn router(node: Arc<Node>) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_LOCK_BODY)),
         )
         .layer(DefaultBodyLimit::max(ferry_api::MAX_BODY))
+        .layer(middleware::from_fn_with_state(node.clone(), gate))
         .with_state(node)
 }
 
