@@ -11,45 +11,17 @@
     clippy::tests_outside_test_module
 )]
 
+mod common;
+
+use common::{free_port, sibling_bin, Kill, FERRY};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The ferry-agent binary of the same target directory and profile as `ferry`.
 fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FERRY_AGENT_BIN") {
-        return p.into();
-    }
-    let dir = PathBuf::from(FERRY).parent().unwrap().to_path_buf();
-    let mut c = Command::new(env!("CARGO"));
-    c.args(["build", "-q", "-p", "ferry-agent", "--bin", "ferry-agent"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if dir.ends_with("release") {
-        c.arg("--release");
-    }
-    assert!(c.status().unwrap().success(), "cargo build -p ferry-agent");
-    dir.join("ferry-agent")
+    sibling_bin("ferry-agent", "ferry-agent", "FERRY_AGENT_BIN")
 }
 
 #[test]

@@ -8,50 +8,23 @@
     clippy::tests_outside_test_module
 )]
 
+mod common;
+
+use common::{free_port, sibling_bin, Kill, FERRY};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use ferry_api::v1::{Catalog, PeerRole};
 use ferry_mgmt::client::{AdminBundle, AdminClient};
 use ferry_tls::pki::{Ca, Role};
 use ferry_tls::trust::{client_config, Identity, ServerTrust};
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 const MIB: usize = 1 << 20;
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The ferry-node binary of the same target directory and profile as `ferry`.
 fn node_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FERRY_NODE_BIN") {
-        return p.into();
-    }
-    let dir = PathBuf::from(FERRY).parent().unwrap().to_path_buf();
-    let mut c = Command::new(env!("CARGO"));
-    c.args(["build", "-q", "-p", "ferry-node", "--bin", "ferry-node"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if dir.ends_with("release") {
-        c.arg("--release");
-    }
-    assert!(c.status().unwrap().success(), "cargo build -p ferry-node");
-    dir.join("ferry-node")
+    sibling_bin("ferry-node", "ferry-node", "FERRY_NODE_BIN")
 }
 
 fn ok(o: &Output, what: &str) -> String {
