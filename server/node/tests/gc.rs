@@ -10,36 +10,9 @@ mod common;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use common::*;
-use ferry_archive::{BackupOptions, BlockSource, Extent, FileSource, Progress, SourceError};
+use ferry_archive::{BackupOptions, FileSource, Progress};
 use tokio::sync::Semaphore;
-
-#[derive(Debug)]
-struct Gated {
-    inner: FileSource,
-    gate_at: u64,
-    gate: Arc<Semaphore>,
-}
-
-#[async_trait]
-impl BlockSource for Gated {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn allocation(&self, offset: u64, len: u64) -> Result<Option<Vec<Extent>>, SourceError> {
-        self.inner.allocation(offset, len).await
-    }
-    async fn read_at(&self, offset: u64, buf: Vec<u8>) -> Result<Vec<u8>, SourceError> {
-        if offset >= self.gate_at {
-            let _p = self.gate.acquire().await;
-        }
-        self.inner.read_at(offset, buf).await
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_during_a_backup_loses_nothing() {

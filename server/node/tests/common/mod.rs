@@ -302,3 +302,39 @@ identity = "admin-root"
 vaults = ["*"]
 admin = true
 "#;
+
+/// A file whose reads at or past `gate_at` wait until the gate opens: a backup is provably
+/// still running while a test acts (kills the node, runs GC).
+#[derive(Debug)]
+pub struct Gated {
+    pub inner: FileSource,
+    pub gate_at: u64,
+    pub gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl ferry_archive::BlockSource for Gated {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn allocation(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<ferry_archive::Extent>>, ferry_archive::SourceError> {
+        self.inner.allocation(offset, len).await
+    }
+    async fn read_at(
+        &self,
+        offset: u64,
+        buf: Vec<u8>,
+    ) -> Result<Vec<u8>, ferry_archive::SourceError> {
+        if offset >= self.gate_at {
+            let _p = self.gate.acquire().await;
+        }
+        self.inner.read_at(offset, buf).await
+    }
+}
