@@ -63,9 +63,10 @@ async fn poisoned_chunks_are_refused() {
         "{e}"
     );
 
-    // Oversized body: 413, and the node is still up.
+    // Oversized body: 413, and the node is still up. A client of its own: the node may close
+    // that connection, and a later request on the same pooled connection would fail to send.
     let big = vec![0u8; ferry_api::node::MAX_CHUNK_BODY + 1];
-    let r = c.put(url(&good_hex)).body(big).send().await;
+    let r = http(&w, &a1).put(url(&good_hex)).body(big).send().await;
     if let Ok(r) = r {
         assert_eq!(r.status().as_u16(), 413);
     }
