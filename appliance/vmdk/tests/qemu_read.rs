@@ -291,17 +291,19 @@ async fn chain_cid_mismatch_is_an_error() {
     assert!(Vmdk::open_path(&child).await.is_ok());
     // Rewrite the CID in the base's embedded descriptor, in place.
     let mut b = std::fs::read(&base).unwrap();
+    // qemu-img writes the CID without zero padding: change every digit, keep the length.
     let i = b.windows(5).position(|w| w == b"\nCID=").unwrap() + 5;
-    b[i..i + 8].copy_from_slice(b"12345678");
+    let end = i + b[i..].iter().position(|&c| c == b'\n').unwrap();
+    for c in &mut b[i..end] {
+        *c = if *c == b'1' { b'2' } else { b'1' };
+    }
+    let cid = u32::from_str_radix(std::str::from_utf8(&b[i..end]).unwrap(), 16).unwrap();
     std::fs::write(&base, b).unwrap();
     let r = Vmdk::open_path(&child).await;
     assert!(
         matches!(
             r,
-            Err(VmdkError::CidMismatch {
-                found: 0x12345678,
-                ..
-            })
+            Err(VmdkError::CidMismatch { found, .. }) if found == cid
         ),
         "{r:?}"
     );
