@@ -25,11 +25,7 @@ BIN=$ROOT/target/release
 GEN=$BIN/ferry-gen-disk
 CLIENT=$BIN/examples/backup
 rm -rf "$W"; mkdir -p "$W"; W=$(cd "$W" && pwd)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
+. "$ROOT/tests/bench/lib.sh"
 
 echo "generating the $SIZE mixed disk in $W ..."
 "$GEN" --size "$SIZE" --out "$W/disk.raw" >/dev/null
@@ -48,42 +44,17 @@ PIDS+=($!)
 wait_port "$NODE_PORT"
 
 # sshd for restic: own config, host key and client key
-mkdir -p "$W/ssh" /run/sshd 2>/dev/null || mkdir -p "$W/ssh"
-ssh-keygen -q -t ed25519 -N '' -f "$W/ssh/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$W/ssh/client_key"
-cp "$W/ssh/client_key.pub" "$W/ssh/authorized_keys"
-SSH_PORT=$(free_port)
-cat >"$W/ssh/sshd_config" <<EOF
-Port $SSH_PORT
-ListenAddress 127.0.0.1
-HostKey $W/ssh/host_key
-PidFile none
-AuthorizedKeysFile $W/ssh/authorized_keys
-StrictModes no
-PermitRootLogin yes
-UsePAM no
-Subsystem sftp internal-sftp
-EOF
-/usr/sbin/sshd -D -e -f "$W/ssh/sshd_config" 2>"$W/sshd.log" &
-PIDS+=($!)
-wait_port "$SSH_PORT"
-USER_NAME=$(id -un)
+start_sshd
 export RESTIC_PASSWORD=bench
-SSH_CMD="ssh -p $SSH_PORT -i $W/ssh/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR $USER_NAME@127.0.0.1 -s sftp"
 
 declare -A BEST ROW
 run() {
-  local name=$1; shift
-  sync
-  /usr/bin/time -f "%e %U %S %M" -o "$W/time.txt" "$@" >"$W/$name.log" 2>&1 || {
-    echo "$name failed:"; tail -20 "$W/$name.log"; exit 1; }
-  read -r wall user sys rss <"$W/time.txt"
-  if [ -z "${BEST[$name]:-}" ] || [ "$(echo "$wall < ${BEST[$name]}" | bc)" = 1 ]; then
-    local cpu; cpu=$(echo "$user + $sys" | bc)
-    local mbs; mbs=$(echo "scale=1; $LOGICAL / 1000000 / $wall" | bc)
-    BEST[$name]=$wall
-    ROW[$name]="$name|$wall|$cpu|$mbs|$(( rss / 1024 ))"
-    eval "MBS_${name//-/_}=$mbs"
+  local name=$1
+  timed "$@"
+  if [ -z "${BEST[$name]:-}" ] || [ "$(echo "$WALL < ${BEST[$name]}" | bc)" = 1 ]; then
+    BEST[$name]=$WALL
+    ROW[$name]="$name|$WALL|$CPU|$MBS|$RSS_MIB"
+    eval "MBS_${name//-/_}=$MBS"
   fi
 }
 
@@ -104,7 +75,6 @@ echo "(the node's own CPU is not in the ferry-node row: it runs in another proce
 printf "%-12s %9s %9s %10s %9s\n" run "wall s" "CPU s" "MB/s" "RSS MiB"
 for n in ferry-local ferry-node restic-sftp; do IFS='|' read -r a b c d e <<<"${ROW[$n]}"; printf "%-12s %9s %9s %10s %9s\n" "$a" "$b" "$c" "$d" "$e"; done
 echo
-ratio() { echo "scale=2; $1 / $2" | bc; }
 echo "vault size on the node: $NODE_BYTES bytes; local repository: $LOCAL_BYTES bytes"
 echo "ferry node / local:        $(ratio "$MBS_ferry_node" "$MBS_ferry_local")   (target >= 0.75)"
 echo "ferry node / restic SFTP:  $(ratio "$MBS_ferry_node" "$MBS_restic_sftp")x  (target >= 2)"

@@ -27,40 +27,15 @@ if [ -z "${FERRY:-}" ]; then
 fi
 GEN=${GEN:-$ROOT/target/release/ferry-gen-disk}
 rm -rf "$W"; mkdir -p "$W"; W=$(cd "$W" && pwd)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
+. "$ROOT/tests/bench/lib.sh"
 
 echo "generating the $SIZE mixed disk in $W ..."
 "$GEN" --size "$SIZE" --out "$W/disk.raw" >/dev/null
 LOGICAL=$(stat -c %s "$W/disk.raw")
 
 # sshd: own config, host key and client key
-mkdir -p "$W/ssh" /run/sshd
-ssh-keygen -q -t ed25519 -N '' -f "$W/ssh/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$W/ssh/client_key"
-cp "$W/ssh/client_key.pub" "$W/ssh/authorized_keys"
-SSH_PORT=$(free_port)
-cat >"$W/ssh/sshd_config" <<EOF
-Port $SSH_PORT
-ListenAddress 127.0.0.1
-HostKey $W/ssh/host_key
-PidFile none
-AuthorizedKeysFile $W/ssh/authorized_keys
-StrictModes no
-PermitRootLogin yes
-UsePAM no
-Subsystem sftp internal-sftp
-MaxSessions 64
-MaxStartups 64
-EOF
-/usr/sbin/sshd -D -e -f "$W/ssh/sshd_config" 2>"$W/sshd.log" &
-PIDS+=($!)
-wait_port "$SSH_PORT"
+start_sshd
 FP=$(ssh-keygen -E sha256 -lf "$W/ssh/host_key.pub" | awk '{print $2}')
-USER_NAME=$(id -un)
 
 # s3s-fs
 S3_PORT=$(free_port)
@@ -72,19 +47,12 @@ wait_port "$S3_PORT"
 
 export RESTIC_PASSWORD=bench
 export FERRY_STORE_KEY_FILE=$W/ssh/client_key FERRY_STORE_HOST_FINGERPRINT=$FP
-SSH_CMD="ssh -p $SSH_PORT -i $W/ssh/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR $USER_NAME@127.0.0.1 -s sftp"
 
 ROWS=()
 run() {
-  local name=$1; shift
-  sync
-  /usr/bin/time -f "%e %U %S %M" -o "$W/time.txt" "$@" >"$W/$name.log" 2>&1 || {
-    echo "$name failed:"; tail -20 "$W/$name.log"; exit 1; }
-  read -r wall user sys rss <"$W/time.txt"
-  local cpu; cpu=$(echo "$user + $sys" | bc)
-  local mbs; mbs=$(echo "scale=1; $LOGICAL / 1000000 / $wall" | bc)
-  ROWS+=("$name|$wall|$cpu|$mbs|$(( rss / 1024 ))")
-  eval "MBS_${name//-/_}=$mbs"
+  timed "$@"
+  ROWS+=("$1|$WALL|$CPU|$MBS|$RSS_MIB")
+  eval "MBS_${1//-/_}=$MBS"
 }
 
 SFTP_REPO="sftp://$USER_NAME@127.0.0.1:$SSH_PORT$W/ferry-sftp"
@@ -109,7 +77,6 @@ echo "Full backup of the $SIZE mixed disk ($LOGICAL bytes), loopback servers, $(
 printf "%-12s %9s %9s %10s %9s\n" run "wall s" "CPU s" "MB/s" "RSS MiB"
 for r in "${ROWS[@]}"; do IFS='|' read -r a b c d e <<<"$r"; printf "%-12s %9s %9s %10s %9s\n" "$a" "$b" "$c" "$d" "$e"; done
 echo
-ratio() { echo "scale=2; $1 / $2" | bc; }
 echo "ferry/restic on SFTP: $(ratio "$MBS_ferry_sftp" "$MBS_restic_sftp")x   (target >= 2)"
 echo "ferry/restic on S3:   $(ratio "$MBS_ferry_s3" "$MBS_restic_s3")x   (target >= 2)"
 echo "ferry SFTP / local:   $(ratio "$MBS_ferry_sftp" "$MBS_ferry_local")   (target >= 0.75)"
