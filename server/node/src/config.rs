@@ -108,7 +108,7 @@ pub struct VaultConfig {
 }
 
 /// Who may do what.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     /// Certificate name without `.ferry.internal` (`agent-<id>`, `admin-<name>`).
@@ -122,7 +122,7 @@ pub struct Grant {
 }
 
 /// Cron expressions of the node jobs; a missing one does not run.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
     /// Verify every vault.
@@ -239,11 +239,88 @@ impl NodeConfig {
         })
     }
 
-    /// Reads `path`.
+    /// Reads `path`; an error names the file.
     pub fn load(path: &Path) -> Result<NodeConfig, NodeError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
-        NodeConfig::parse(&text)
+        NodeConfig::parse(&text).map_err(|e| match e {
+            NodeError::Config(m) => NodeError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// A readable listing of the config for `ferry-node check-config`: vaults with their
+    /// quotas, grants, schedules, retention; and vault directories under `state` that the
+    /// file no longer names (kept on disk, not served).
+    pub fn describe(&self, state: &Path) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let size = |q: u64| {
+            if q == 0 {
+                "no quota".to_string()
+            } else {
+                format!("quota {q} bytes")
+            }
+        };
+        let _ = writeln!(out, "listen {}", self.listen);
+        let _ = writeln!(out, "{} vault(s):", self.vaults.len());
+        for v in &self.vaults {
+            let dir = state.join("vaults").join(&v.name);
+            let _ = writeln!(
+                out,
+                "  {} ({}){}",
+                v.name,
+                size(v.quota),
+                if dir.is_dir() {
+                    ""
+                } else {
+                    ", new: created at start or reload"
+                }
+            );
+        }
+        if let Ok(rd) = std::fs::read_dir(state.join("vaults")) {
+            let mut orphans: Vec<String> = rd
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !self.vaults.iter().any(|v| &v.name == n))
+                .collect();
+            orphans.sort();
+            for n in orphans {
+                let _ = writeln!(out, "  {n}: on disk but not in the file (kept, not served)");
+            }
+        }
+        let _ = writeln!(out, "{} grant(s):", self.grants.len());
+        for g in &self.grants {
+            let _ = writeln!(
+                out,
+                "  {} -> {}{}",
+                g.identity,
+                if g.vaults.is_empty() {
+                    "(no vault)".to_string()
+                } else {
+                    g.vaults.join(", ")
+                },
+                if g.admin { " (admin)" } else { "" }
+            );
+        }
+        for (what, c) in [
+            ("verify", &self.schedule.verify),
+            ("prune", &self.schedule.prune),
+            ("gc", &self.schedule.gc),
+        ] {
+            if let Some(c) = c {
+                let _ = writeln!(out, "schedule {what}: {c}");
+            }
+        }
+        if let Some(r) = &self.retention {
+            let _ = writeln!(
+                out,
+                "retention: {}",
+                serde_json::to_string(r).unwrap_or_default()
+            );
+        }
+        out
     }
 
     /// What `identity` may do in `vault`.
@@ -306,5 +383,25 @@ mod tests {
         ] {
             assert!(NodeConfig::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn check_config_names_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "[[vault]]\nname = \"a\"\nquota = \"lots\"\n").unwrap();
+        let e = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains("quota \"lots\" is not a size"), "{e}");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let e = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("node.toml") && e.contains("lisen"), "{e}");
+
+        std::fs::write(&path, "[[vault]]\nname = \"a\"\nquota = \"1M\"\n[[grant]]\nidentity = \"agent-x\"\nvaults = [\"a\"]\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("vaults/old")).unwrap();
+        let text = NodeConfig::load(&path).unwrap().describe(dir.path());
+        assert!(text.contains("a (quota 1048576 bytes)"), "{text}");
+        assert!(text.contains("agent-x -> a"), "{text}");
+        assert!(text.contains("old: on disk but not in the file"), "{text}");
     }
 }

@@ -1,6 +1,8 @@
 //! Node jobs: verify, prune and GC of each vault, on demand and on the cron schedules of
 //! `node.toml`. They run under the archive's repository locks (verify and prune shared, GC
-//! exclusive), so they are safe against backups running at the same time.
+//! exclusive), so they are safe against backups running at the same time. The scheduler
+//! reads the config in force at every tick and wakes up at every reload, so new schedules,
+//! retention and vaults apply without a restart; a job already running finishes as it began.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +82,8 @@ pub async fn gc(v: &Vault) -> JobReport {
 
 /// Applies the node's retention to every point of the vault.
 pub async fn prune(node: &Node, v: &Vault) -> JobReport {
-    let Some(req) = &node.config.retention else {
+    let live = node.live();
+    let Some(req) = &live.config.retention else {
         return failed("prune", v, "no [retention] in node.toml");
     };
     match v.prune(req, |_| true).await {
@@ -94,21 +97,20 @@ pub async fn prune(node: &Node, v: &Vault) -> JobReport {
     }
 }
 
-/// Runs the scheduled jobs forever.
+/// Runs the scheduled jobs forever, on the schedules in force (re-read at every reload).
 pub async fn scheduler(node: Arc<Node>) {
-    let parse = |s: &Option<String>| {
-        s.as_deref()
-            .and_then(|c| ferry_api::plan::parse_schedule(c).ok())
-    };
-    let jobs = [
-        ("prune", parse(&node.config.schedule.prune)),
-        ("gc", parse(&node.config.schedule.gc)),
-        ("verify", parse(&node.config.schedule.verify)),
-    ];
-    if jobs.iter().all(|(_, c)| c.is_none()) {
-        return;
-    }
+    let mut reloads = node.reloads();
     loop {
+        let schedule = node.live().config.schedule.clone();
+        let parse = |s: &Option<String>| {
+            s.as_deref()
+                .and_then(|c| ferry_api::plan::parse_schedule(c).ok())
+        };
+        let jobs = [
+            ("prune", parse(&schedule.prune)),
+            ("gc", parse(&schedule.gc)),
+            ("verify", parse(&schedule.verify)),
+        ];
         let now = ferry_api::now_unix();
         let next: Vec<(i64, &str)> = jobs
             .iter()
@@ -119,13 +121,28 @@ pub async fn scheduler(node: Arc<Node>) {
             })
             .collect();
         let Some(at) = next.iter().map(|(t, _)| *t).min() else {
-            return;
+            // Nothing scheduled: wait for a reload that may schedule something.
+            if reloads.changed().await.is_err() {
+                return;
+            }
+            continue;
         };
         let wait = u64::try_from(at - now).unwrap_or(0);
-        tokio::time::sleep(Duration::from_secs(wait)).await;
-        // Every job due at that time, in the order prune, GC (frees what prune left), verify.
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            r = reloads.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                // The schedule may have changed: compute the next run again.
+                continue;
+            }
+        }
+        // Every job due at that time, in the order prune, GC (frees what prune left), verify,
+        // over the vaults in force now.
+        let live = node.live();
         for (_, name) in next.iter().filter(|(t, _)| *t == at) {
-            for v in node.vaults.values() {
+            for v in live.vaults.values() {
                 let r = match *name {
                     "verify" => verify(v).await,
                     "prune" => prune(&node, v).await,

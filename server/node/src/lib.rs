@@ -2,7 +2,7 @@
 //!
 //! # What this crate owns
 //! - the state directory: `node.toml` ([`config`]: vaults, quotas, grants, job schedules,
-//!   retention), `node.pem` (certificate chain) + `node.key` (0600) + `ca.pem` (the
+//!   retention; re-read on SIGHUP), `node.pem` (certificate chain) + `node.key` (0600) + `ca.pem` (the
 //!   management CA), `mgmt.url` (the management server enrolled with), `revoked.json`
 //!   (0600, the management CA's signed revocation list, [`revocation`]), `vaults/<name>/` (one archive repository per vault, the same
 //!   `ferry-archive` format as every other store), `verify-<vault>.json` (last verify of
@@ -22,10 +22,20 @@
 //! `node://host:9876/vault`.
 //!
 //! # Decisions where the issue is silent, and departures
-//! - **Config in a TOML file**, read at start (restart to apply changes): vaults, quotas and
-//!   grants are few and admin-edited; the per-point state the node needs (who wrote it) is
-//!   kept in the repository itself, in the manifest's `meta` (`ferry.node.owner`), stamped
-//!   by the node at commit, so it travels with the vault and needs no database.
+//! - **Config in a TOML file**, read at start and again on SIGHUP (`systemctl reload`,
+//!   `kill -HUP`; [`Node::reload`]): vaults, quotas and grants are few and admin-edited; the
+//!   per-point state the node needs (who wrote it) is kept in the repository itself, in the
+//!   manifest's `meta` (`ferry.node.owner`), stamped by the node at commit, so it travels
+//!   with the vault and needs no database.
+//! - **Reload** swaps the whole config and vault table at once ([`Live`]): grants, quotas,
+//!   job schedules, retention and `revocation_every` apply to requests and job runs that
+//!   start afterwards (those in flight finish under the rules they started with); a new vault
+//!   is opened or created; a vault the file no longer names is no longer served (403, as an
+//!   unknown vault) and its directory is kept, so naming it again serves it again. A file
+//!   that does not parse or validate changes nothing: the error (file and problem) is
+//!   logged and the running config stays. `listen`, `mgmt` and a vault's `chunk_size` and
+//!   `compression_level` (fixed when its repository is created) need a restart.
+//!   `ferry-node check-config` validates the file and lists vaults and grants beforehand.
 //! - **Identity** is the DNS name of the client certificate without `.ferry.internal`
 //!   (`agent-<id>`, `admin-<name>`): stable across certificate renewal, and what the
 //!   management CA already puts in every certificate. Only certificates of the management CA
@@ -66,7 +76,7 @@ pub mod vault;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use ferry_tls::revocation::RevocationStore;
 use ferry_tls::trust::{server_config, ClientAuth, Identity};
@@ -123,21 +133,130 @@ pub enum NodeError {
     Internal(String),
 }
 
-/// The running node.
+/// The part of the node that a reload replaces as a whole: the config and the vaults it
+/// names. Requests and jobs take the current one ([`Node::live`]) and keep it to their end, so
+/// a reload never changes the rules under a request in flight.
 #[derive(Debug)]
-pub struct Node {
+pub struct Live {
     /// Config.
     pub config: NodeConfig,
     /// Vaults by name.
     pub vaults: BTreeMap<String, Arc<Vault>>,
+}
+
+/// Settings given on the command line that win over `node.toml`, at start and at reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Seconds between fetches of the revocation list.
+    pub revocation_every: Option<u64>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut NodeConfig) {
+        if let Some(s) = self.revocation_every {
+            config.revocation_every = s.max(1);
+        }
+    }
+}
+
+/// What a reload changed, for the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Vaults served from now on.
+    pub vaults_added: Vec<String>,
+    /// Vaults no longer served (their directories are kept).
+    pub vaults_removed: Vec<String>,
+    /// Vaults whose quota changed: name, old, new.
+    pub quotas: Vec<(String, u64, u64)>,
+    /// Whether the grants changed.
+    pub grants_changed: bool,
+    /// Whether the job schedules or the retention changed.
+    pub jobs_changed: bool,
+    /// Settings that changed in the file but apply only at restart.
+    pub need_restart: Vec<&'static str>,
+}
+
+impl std::fmt::Display for ReloadSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            "vaults added: {}; vaults removed (data kept): {}; grants {}",
+            list(&self.vaults_added),
+            list(&self.vaults_removed),
+            if self.grants_changed {
+                "changed"
+            } else {
+                "unchanged"
+            }
+        )?;
+        for (v, old, new) in &self.quotas {
+            write!(f, "; quota of {v}: {old} -> {new} bytes")?;
+        }
+        if self.jobs_changed {
+            write!(f, "; job schedules or retention changed")?;
+        }
+        if !self.need_restart.is_empty() {
+            write!(
+                f,
+                "; changed but applied only at restart: {}",
+                self.need_restart.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The running node.
+#[derive(Debug)]
+pub struct Node {
+    live: RwLock<Arc<Live>>,
     /// State directory.
     pub state_dir: PathBuf,
     /// The management CA's revocation list in force.
     pub revoked: RevocationStore,
+    overrides: Overrides,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    /// Bumped at every applied reload (the scheduler waits on it).
+    reloaded: tokio::sync::watch::Sender<u64>,
 }
+
+/// The config file in the state directory.
+pub const CONFIG_FILE: &str = "node.toml";
 
 /// The file in the state directory that names the management server (`https://host:port`).
 pub const MGMT_URL_FILE: &str = "mgmt.url";
+
+/// The vaults of `config`: those in `have` are reused, the others opened (or created).
+async fn open_vaults(
+    state_dir: &Path,
+    config: &NodeConfig,
+    have: &BTreeMap<String, Arc<Vault>>,
+) -> Result<BTreeMap<String, Arc<Vault>>, NodeError> {
+    let root = state_dir.join("vaults");
+    std::fs::create_dir_all(&root)
+        .map_err(|e| NodeError::Io(format!("{}: {e}", root.display())))?;
+    let mut vaults = BTreeMap::new();
+    for v in &config.vaults {
+        let vault = match have.get(&v.name) {
+            Some(o) => o.clone(),
+            None => Arc::new(
+                Vault::open(&root, state_dir, v)
+                    .await
+                    .map_err(|e| NodeError::Io(format!("vault {}: {e}", v.name)))?,
+            ),
+        };
+        vaults.insert(v.name.clone(), vault);
+    }
+    Ok(vaults)
+}
 
 /// Files of the TLS identity in the state directory.
 pub fn tls_files(state: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -151,28 +270,84 @@ pub fn tls_files(state: &Path) -> (PathBuf, PathBuf, PathBuf) {
 impl Node {
     /// Opens the state directory: reads `node.toml`, opens (or creates) every vault.
     pub async fn open(state_dir: &Path) -> Result<Arc<Node>, NodeError> {
-        let config = NodeConfig::load(&state_dir.join("node.toml"))?;
-        Node::with_config(state_dir, config).await
+        Node::open_with(state_dir, Overrides::default()).await
     }
 
-    /// Opens the state directory with `config` (read from `node.toml` and adjusted).
-    pub async fn with_config(state_dir: &Path, config: NodeConfig) -> Result<Arc<Node>, NodeError> {
-        let root = state_dir.join("vaults");
-        std::fs::create_dir_all(&root)
-            .map_err(|e| NodeError::Io(format!("{}: {e}", root.display())))?;
-        let mut vaults = BTreeMap::new();
-        for v in &config.vaults {
-            vaults.insert(
-                v.name.clone(),
-                Arc::new(Vault::open(&root, state_dir, v).await?),
-            );
-        }
+    /// Opens the state directory with command-line `overrides` of `node.toml`.
+    pub async fn open_with(state_dir: &Path, overrides: Overrides) -> Result<Arc<Node>, NodeError> {
+        let mut config = NodeConfig::load(&state_dir.join(CONFIG_FILE))?;
+        overrides.apply(&mut config);
+        let vaults = open_vaults(state_dir, &config, &BTreeMap::new()).await?;
         Ok(Arc::new(Node {
-            config,
-            vaults,
+            live: RwLock::new(Arc::new(Live { config, vaults })),
             state_dir: state_dir.to_path_buf(),
             revoked: revocation::open(state_dir),
+            overrides,
+            reloading: tokio::sync::Mutex::new(()),
+            reloaded: tokio::sync::watch::Sender::new(0),
         }))
+    }
+
+    /// The config and vaults in force now.
+    pub fn live(&self) -> Arc<Live> {
+        // A poisoned lock still holds a whole `Arc<Live>`: writers only replace it.
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A receiver that sees a change at every applied reload.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
+    }
+
+    /// Re-reads `node.toml` and applies it: grants, quotas, schedules and retention for the
+    /// requests and job runs that start from now on; new vaults are opened (created on first
+    /// use); vaults the file no longer names stop being served, their data is kept. On any
+    /// error nothing changes. `listen`, `mgmt` and the vault's `chunk_size` and
+    /// `compression_level` (fixed when its repository is created) are not reloaded.
+    pub async fn reload(&self) -> Result<ReloadSummary, NodeError> {
+        let _one = self.reloading.lock().await;
+        let mut config = NodeConfig::load(&self.state_dir.join(CONFIG_FILE))?;
+        self.overrides.apply(&mut config);
+        let old = self.live();
+        let vaults = open_vaults(&self.state_dir, &config, &old.vaults).await?;
+        // Nothing fails from here on.
+        let mut sum = ReloadSummary {
+            vaults_added: vaults
+                .keys()
+                .filter(|n| !old.vaults.contains_key(*n))
+                .cloned()
+                .collect(),
+            vaults_removed: old
+                .vaults
+                .keys()
+                .filter(|n| !vaults.contains_key(*n))
+                .cloned()
+                .collect(),
+            grants_changed: config.grants != old.config.grants,
+            jobs_changed: config.schedule != old.config.schedule
+                || config.retention != old.config.retention,
+            ..ReloadSummary::default()
+        };
+        for (what, changed) in [
+            ("listen", config.listen != old.config.listen),
+            ("mgmt", config.mgmt != old.config.mgmt),
+        ] {
+            if changed {
+                sum.need_restart.push(what);
+            }
+        }
+        for v in &config.vaults {
+            if let Some(o) = old.vaults.get(&v.name) {
+                let q = o.quota();
+                if q != v.quota {
+                    o.set_quota(v.quota);
+                    sum.quotas.push((v.name.clone(), q, v.quota));
+                }
+            }
+        }
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live { config, vaults });
+        self.reloaded.send_modify(|n| *n += 1);
+        Ok(sum)
     }
 
     /// The TLS server config: the node's certificate, client certificates of the CA required.

@@ -1,4 +1,5 @@
-//! `ferry-node`: run the storage node, or enroll it with the management server.
+//! `ferry-node`: run the storage node, enroll it with the management server, or check its
+//! config. A running node re-reads `node.toml` on SIGHUP (see the crate docs).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,7 +15,12 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// State directory: node.toml, certificates, vaults.
-    #[arg(long, env = "FERRY_NODE_STATE", default_value = "/var/lib/ferry-node")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_NODE_STATE",
+        default_value = "/var/lib/ferry-node"
+    )]
     state: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -22,7 +28,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Serve the vaults of node.toml over mTLS.
+    /// Serve the vaults of node.toml over mTLS; SIGHUP re-reads node.toml.
     Serve {
         /// Listen address; overrides `listen` in node.toml.
         #[arg(long)]
@@ -31,6 +37,8 @@ enum Cmd {
         #[arg(long, env = "FERRY_NODE_REVOCATION_EVERY")]
         revocation_every: Option<u64>,
     },
+    /// Validate node.toml and list its vaults and grants (before a reload); exit 1 if invalid.
+    CheckConfig,
     /// Enroll with the management server using a one-time token (ID.SECRET.CA_SHA256).
     Enroll {
         /// Management server, host:port.
@@ -63,21 +71,23 @@ async fn main() -> anyhow::Result<()> {
             listen,
             revocation_every,
         } => {
-            let path = cli.state.join("node.toml");
-            let mut config = ferry_node::NodeConfig::load(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if let Some(s) = revocation_every {
-                config.revocation_every = s.max(1);
-            }
-            let node = ferry_node::Node::with_config(&cli.state, config)
+            let overrides = ferry_node::Overrides { revocation_every };
+            let node = ferry_node::Node::open_with(&cli.state, overrides)
                 .await
                 .with_context(|| format!("opening {}", cli.state.display()))?;
-            let addr = listen.unwrap_or_else(|| node.config.listen.clone());
+            let live = node.live();
+            let addr = listen.unwrap_or_else(|| live.config.listen.clone());
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
             let local = listener.local_addr().context("local address")?;
-            tracing::info!("serving {} vault(s) on {local}", node.vaults.len());
+            tracing::info!("serving {} vault(s) on {local}", live.vaults.len());
+            drop(live);
+            // Installed before the address is announced: from then on a SIGHUP reloads
+            // instead of ending the process.
+            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("installing the SIGHUP handler")?;
+            let reloader = tokio::spawn(reload_on_hup(node.clone(), hup));
             // Tests and scripts read the bound address from stdout.
             let mut out = std::io::stdout();
             writeln!(out, "listening on {local}").context("stdout")?;
@@ -85,6 +95,23 @@ async fn main() -> anyhow::Result<()> {
             tokio::select! {
                 r = ferry_node::serve_on(node, listener) => r.context("serving")?,
                 _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+            }
+            reloader.abort();
+        }
+        Cmd::CheckConfig => {
+            let path = cli.state.join(ferry_node::CONFIG_FILE);
+            match ferry_node::NodeConfig::load(&path) {
+                Ok(c) => {
+                    print!("{} is valid\n{}", path.display(), c.describe(&cli.state));
+                }
+                Err(e) => {
+                    eprintln!("ferry-node: {e}");
+                    eprintln!(
+                        "{} is NOT valid; a reload would keep the running config",
+                        path.display()
+                    );
+                    std::process::exit(1);
+                }
             }
         }
         Cmd::Enroll {
@@ -103,4 +130,21 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Re-reads node.toml at every SIGHUP; a bad file is logged and changes nothing.
+async fn reload_on_hup(
+    node: std::sync::Arc<ferry_node::Node>,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    let path = node.state_dir.join(ferry_node::CONFIG_FILE);
+    while hup.recv().await.is_some() {
+        match node.reload().await {
+            Ok(s) => tracing::info!("reloaded {}: {s}", path.display()),
+            Err(e) => tracing::error!(
+                "reload of {} failed, the running config is kept: {e}",
+                path.display()
+            ),
+        }
+    }
 }

@@ -78,7 +78,7 @@ pub async fn fetch(
 
 /// Fetches the list at start and every `revocation_every` seconds, until dropped.
 pub async fn fetcher(node: Arc<Node>) {
-    let from_config = node.config.mgmt.as_deref().map(|m| {
+    let from_config = node.live().config.mgmt.clone().map(|m| {
         let m = m.trim().trim_end_matches('/');
         if m.starts_with("https://") {
             m.to_string()
@@ -101,8 +101,9 @@ pub async fn fetcher(node: Arc<Node>) {
             return;
         }
     };
-    let every = Duration::from_secs(node.config.revocation_every.max(1));
     loop {
+        // Read at every round: a reload may change it.
+        let every = Duration::from_secs(node.live().config.revocation_every.max(1));
         match fetch(&node, &client, &base).await {
             Ok(s) => tracing::debug!("revocation list version {} in force", s.version),
             Err(e) => tracing::warn!(

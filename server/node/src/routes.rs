@@ -122,8 +122,10 @@ impl Ctx {
 
 fn ctx(node: &Node, peer: &Peer, vault: &str) -> Result<Ctx, Fail> {
     let who = identity(peer)?;
-    let access = node.config.access(&who, vault);
-    let v = node.vaults.get(vault);
+    // The config in force now (a reload swaps it whole).
+    let live = node.live();
+    let access = live.config.access(&who, vault);
+    let v = live.vaults.get(vault);
     match (v, access) {
         (Some(v), a) if a != Access::None => Ok(Ctx {
             who,
@@ -201,14 +203,15 @@ pub fn router(node: Arc<Node>) -> Router {
 
 async fn vaults(State(n): State<Arc<Node>>, Extension(peer): Extension<Peer>) -> R<Vec<VaultInfo>> {
     let who = identity(&peer)?;
+    let live = n.live();
     Ok(Json(
-        n.vaults
+        live.vaults
             .values()
             .filter_map(|v| {
-                let a = n.config.access(&who, &v.name);
+                let a = live.config.access(&who, &v.name);
                 (a != Access::None).then(|| VaultInfo {
                     name: v.name.clone(),
-                    quota: v.quota,
+                    quota: v.quota(),
                     used: v.used(),
                     admin: a == Access::Admin,
                 })
@@ -392,19 +395,23 @@ async fn catalog_all(
     let who = identity(&peer)?;
     // The management server's catalog view: read-only, every vault, every point. Only
     // the management CA issues certificates, and only to itself with this name.
+    let live = n.live();
     if who == MGMT_IDENTITY {
         let mut out = Vec::new();
-        for v in n.vaults.values() {
+        for v in live.vaults.values() {
             out.extend(v.points().await?.iter().map(|m| v.catalog_entry(m)));
         }
         return Ok(Json(out));
     }
     let mut out = Vec::new();
-    for name in n.vaults.keys() {
-        if n.config.access(&who, name) == Access::None {
+    for name in live.vaults.keys() {
+        if live.config.access(&who, name) == Access::None {
             continue;
         }
-        let c = ctx(&n, &peer, name)?;
+        // A reload between the two reads may have removed the vault or the grant.
+        let Ok(c) = ctx(&n, &peer, name) else {
+            continue;
+        };
         for m in c.vault.points().await? {
             if c.may_read(&m) {
                 out.push(c.vault.catalog_entry(&m));

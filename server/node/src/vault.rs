@@ -49,8 +49,8 @@ pub struct Vault {
     pub name: String,
     /// Repository directory.
     pub dir: PathBuf,
-    /// Quota in bytes (0: none).
-    pub quota: u64,
+    /// Quota in bytes (0: none); a config reload may change it.
+    quota: AtomicU64,
     repo: Repository,
     used: AtomicU64,
     verify_file: PathBuf,
@@ -98,7 +98,7 @@ impl Vault {
         Ok(Vault {
             name: cfg.name.clone(),
             dir,
-            quota: cfg.quota,
+            quota: AtomicU64::new(cfg.quota),
             repo,
             used: AtomicU64::new(used),
             verify_file,
@@ -119,6 +119,16 @@ impl Vault {
         self.repo.store()
     }
 
+    /// Quota in bytes (0: none).
+    pub fn quota(&self) -> u64 {
+        self.quota.load(Ordering::Relaxed)
+    }
+
+    /// Sets the quota (config reload); writes already admitted are not undone.
+    pub fn set_quota(&self, quota: u64) {
+        self.quota.store(quota, Ordering::Relaxed);
+    }
+
     /// Bytes stored.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
@@ -135,10 +145,9 @@ impl Vault {
     /// Reserves `n` bytes of the quota until the returned guard is kept or dropped (a
     /// handler dropped mid-write, when its client goes away, gives the bytes back).
     fn reserve(&self, n: u64) -> Result<Reservation<'_>, NodeError> {
-        let quota = if self.quota == 0 {
-            u64::MAX
-        } else {
-            self.quota
+        let quota = match self.quota() {
+            0 => u64::MAX,
+            q => q,
         };
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {

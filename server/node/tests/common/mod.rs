@@ -41,6 +41,30 @@ impl NodeProc {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+
+    /// SIGHUP: the node re-reads node.toml. Fails the test if the node has exited.
+    pub fn hup(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "the node exited");
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill() on the pid of our own child, not yet reaped, has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    }
+}
+
+/// Polls `check` every 50 ms until it holds; fails the test after 30 s, naming `what`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "timed out (30 s) waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 impl World {
@@ -74,6 +98,25 @@ impl World {
 
     /// Starts the node on `port` (0: any free port).
     pub fn start(&self, port: u16) -> NodeProc {
+        self.spawn(port, Stdio::inherit())
+    }
+
+    /// Starts the node on any free port with its log (stderr) appended to `log`.
+    pub fn start_logged(&self, log: &Path) -> NodeProc {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        self.spawn(0, Stdio::from(f))
+    }
+
+    /// Replaces node.toml (a running node applies it at its next SIGHUP, [`NodeProc::hup`]).
+    pub fn write_config(&self, config: &str) {
+        std::fs::write(self.state.join("node.toml"), config).unwrap();
+    }
+
+    fn spawn(&self, port: u16, stderr: Stdio) -> NodeProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-node"))
             .arg("--state")
             .arg(&self.state)
@@ -82,7 +125,7 @@ impl World {
             .arg(format!("127.0.0.1:{port}"))
             .env("FERRY_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
