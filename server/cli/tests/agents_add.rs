@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{free_port, sibling_bin, Kill, FERRY};
+use common::{free_port, serve_mgmt, sibling_bin, Kill, FERRY};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -29,21 +29,12 @@ fn agents_add_pairs_an_unregistered_agent() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("mgmt");
     let mport = free_port();
-    let mut serve = Command::new(FERRY)
-        .args(["mgmt", "serve", "--listen", &format!("127.0.0.1:{mport}")])
-        .args(["--public-url", &format!("https://127.0.0.1:{mport}")])
-        .arg("--state")
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _serve = Kill(serve);
-    assert!(line.contains("listening"), "{line}");
+    let _serve = serve_mgmt(
+        &state,
+        &format!("127.0.0.1:{mport}"),
+        &["--public-url", &format!("https://127.0.0.1:{mport}")],
+        Stdio::null(),
+    );
 
     // An agent that was given no management server: it shows a pairing code.
     let aport = free_port();

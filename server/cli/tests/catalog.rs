@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{free_port, sibling_bin, Kill, FERRY};
+use common::{free_port, serve_mgmt, sibling_bin, Kill, FERRY};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -179,20 +179,8 @@ async fn catalog_lists_points_of_every_node() {
     let bin = node_bin();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("mgmt");
-    let mut serve = Command::new(FERRY)
-        .args(["mgmt", "serve", "--listen", "127.0.0.1:0", "--state"])
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _serve = Kill(serve);
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let mgmt = v["listening"].as_str().unwrap().to_string();
+    let serve = serve_mgmt(&state, "127.0.0.1:0", &[], Stdio::null());
+    let mgmt = serve.addr.clone();
     let admin_pem = state.join("admin.pem");
     let cli = |args: &[&str]| {
         Command::new(FERRY)

@@ -7,39 +7,17 @@
     clippy::tests_outside_test_module
 )]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::{serve_mgmt, FERRY};
 use std::process::{Command, Stdio};
-
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
-
-struct Serve(std::process::Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn mgmt_cli_end_to_end_without_agents() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("mgmt");
-    let mut child = Command::new(FERRY)
-        .args(["mgmt", "serve", "--listen", "127.0.0.1:0", "--state"])
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _serve = Serve(child);
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let addr = v["listening"].as_str().unwrap().to_string();
-    let ca = v["ca_sha256"].as_str().unwrap().to_string();
+    let serve = serve_mgmt(&state, "127.0.0.1:0", &[], Stdio::null());
+    let (addr, ca) = (serve.addr.clone(), serve.ca_sha256.clone());
     use std::os::unix::fs::PermissionsExt;
     for f in ["ca.key", "server.key", "admin.pem", "mgmt.db"] {
         let m = std::fs::metadata(state.join(f)).unwrap();

@@ -8,20 +8,11 @@
     clippy::tests_outside_test_module
 )]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::{serve_mgmt, FERRY};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
-
-struct Serve(std::process::Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::{Command, Output};
 
 fn run(addr: &str, bundle: &Path, cwd: &Path, args: &[&str]) -> Output {
     Command::new(FERRY)
@@ -42,20 +33,13 @@ fn admins_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("mgmt");
     let log = dir.path().join("serve.log");
-    let mut child = Command::new(FERRY)
-        .args(["mgmt", "serve", "--listen", "127.0.0.1:0", "--state"])
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _serve = Serve(child);
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let addr = v["listening"].as_str().unwrap().to_string();
+    let serve = serve_mgmt(
+        &state,
+        "127.0.0.1:0",
+        &[],
+        std::fs::File::create(&log).unwrap(),
+    );
+    let addr = serve.addr.clone();
     let root = state.join("admin.pem");
     let cwd = dir.path();
 

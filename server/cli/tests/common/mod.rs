@@ -1,8 +1,10 @@
-//! Helpers for the CLI tests that run other packages' binaries next to `ferry`.
+//! Helpers for the CLI tests: `ferry mgmt serve` on loopback, and other packages' binaries
+//! run next to `ferry`.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
@@ -13,6 +15,50 @@ impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A `ferry mgmt serve` process, killed when dropped.
+pub struct ServedMgmt {
+    /// The address it listens on (its `listening` line).
+    pub addr: String,
+    /// The SHA-256 of its CA, as it printed it.
+    pub ca_sha256: String,
+    _kill: Kill,
+}
+
+/// Runs `ferry mgmt serve --listen LISTEN --state STATE EXTRA...` with its stderr to
+/// `stderr`, and reads the JSON line it prints once it listens.
+pub fn serve_mgmt(
+    state: &Path,
+    listen: &str,
+    extra: &[&str],
+    stderr: impl Into<Stdio>,
+) -> ServedMgmt {
+    let mut child = Command::new(FERRY)
+        .args(["mgmt", "serve", "--listen", listen])
+        .args(extra)
+        .arg("--state")
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let kill = Kill(child);
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("ferry mgmt serve said {line:?}: {e}"));
+    let field = |k: &str| match v[k].as_str() {
+        Some(s) => s.to_string(),
+        None => panic!("no {k} in {line:?}"),
+    };
+    ServedMgmt {
+        addr: field("listening"),
+        ca_sha256: field("ca_sha256"),
+        _kill: kill,
     }
 }
 
