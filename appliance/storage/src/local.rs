@@ -4,11 +4,21 @@
 //! object is never visible half-written and a crash leaves only a temporary that
 //! [`Store::clean_temporaries`] removes. Directories whose entries changed are remembered and
 //! fsynced by [`Store::sync`], which is what makes the renames themselves durable.
+//!
+//! Objects of [`DIRECT_MIN`] bytes or more (chunks) are written with `O_DIRECT` when the
+//! folder is on a local-disk filesystem (ext4, XFS, btrfs, F2FS). Every object is fsynced
+//! before it is renamed anyway, so the page cache buys no write-behind: it only costs a copy
+//! into freshly allocated cache pages per byte written (on the test VMs, more CPU than
+//! compressing it) and evicts data that is read again (indexes, the source disk) in favour of
+//! backup data that is not. Other filesystems (NFS, SMB, tmpfs, overlay, ZFS, FUSE) keep
+//! buffered writes: their direct-I/O semantics differ or are missing. A filesystem that
+//! refuses `O_DIRECT` after all (`EINVAL`) switches the store back to buffered writes.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,7 +32,19 @@ use crate::{validate_key, ObjectInfo, Store, StoreError};
 pub struct LocalStore {
     root: PathBuf,
     dirty_dirs: Arc<Mutex<HashSet<PathBuf>>>,
+    /// [`DIRECT_UNKNOWN`], [`DIRECT_ON`] or [`DIRECT_OFF`]: decided at the first large write.
+    direct: Arc<AtomicU8>,
 }
+
+/// Objects at least this large are written with `O_DIRECT` where the filesystem allows.
+pub const DIRECT_MIN: usize = 64 * 1024;
+/// Alignment of `O_DIRECT` buffers, offsets and lengths (covers 512 and 4096-byte sectors).
+const ALIGN: usize = 4096;
+/// The aligned bounce buffer of each writing thread; a multiple of [`ALIGN`].
+const BOUNCE: usize = 1 << 20;
+const DIRECT_UNKNOWN: u8 = 0;
+const DIRECT_ON: u8 = 1;
+const DIRECT_OFF: u8 = 2;
 
 impl LocalStore {
     /// A store rooted at `root`. The directory is created on the first `put`. A relative
@@ -35,6 +57,7 @@ impl LocalStore {
         LocalStore {
             root,
             dirty_dirs: Arc::new(Mutex::new(HashSet::new())),
+            direct: Arc::new(AtomicU8::new(DIRECT_UNKNOWN)),
         }
     }
 
@@ -96,16 +119,42 @@ impl LocalStore {
         self.ensure_dir(dir)?;
         let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
         let res = (|| {
+            if data.len() >= DIRECT_MIN && self.use_direct(dir) {
+                match write_direct(&tmp, data) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        tracing::info!(
+                            "{}: the filesystem refuses O_DIRECT ({e}); using buffered writes",
+                            self.root.display()
+                        );
+                        self.direct.store(DIRECT_OFF, Ordering::Relaxed);
+                        let _ = fs::remove_file(&tmp);
+                    }
+                    other => return other,
+                }
+            }
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(data)?;
-            f.sync_data()?;
-            Ok(())
+            f.sync_data()
         })();
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::from_io("write", key, e));
         }
         Ok(tmp)
+    }
+
+    /// Whether large objects go around the page cache (decided once, from `dir`'s filesystem).
+    fn use_direct(&self, dir: &Path) -> bool {
+        match self.direct.load(Ordering::Relaxed) {
+            DIRECT_ON => true,
+            DIRECT_OFF => false,
+            _ => {
+                let on = std::env::var_os("FERRY_BUFFERED_IO").is_none() && local_disk_fs(dir);
+                self.direct
+                    .store(if on { DIRECT_ON } else { DIRECT_OFF }, Ordering::Relaxed);
+                on
+            }
+        }
     }
 
     fn put_blocking(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
@@ -267,6 +316,69 @@ async fn blocking<T: Send + 'static>(
         })?
 }
 
+/// True when `dir` is on a filesystem whose `O_DIRECT` writes go straight to a local disk.
+fn local_disk_fs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const F2FS: i64 = 0xF2F5_2010;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs is plain old data, for which all-zero bytes are a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; `st` is a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    // f_type's integer type differs between libc targets; every magic above fits in i64.
+    #[allow(clippy::unnecessary_cast)]
+    let t = st.f_type as i64;
+    matches!(t, EXT4 | XFS | BTRFS | F2FS)
+}
+
+/// Writes `data` to the new file `path`, synced: the 4 KiB-aligned head with `O_DIRECT`
+/// through an aligned per-thread bounce buffer, the tail (under 4 KiB) buffered.
+fn write_direct(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let head = data.len() / ALIGN * ALIGN;
+    BUF.with(|cell| -> std::io::Result<()> {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < BOUNCE + ALIGN {
+            buf.resize(BOUNCE + ALIGN, 0);
+        }
+        // A Vec of BOUNCE + ALIGN bytes holds an ALIGN-aligned window of BOUNCE bytes.
+        let off = buf.as_ptr().align_offset(ALIGN);
+        let window = buf
+            .get_mut(off..off + BOUNCE)
+            .ok_or_else(|| std::io::Error::other("no aligned window in the bounce buffer"))?;
+        for piece in data[..head].chunks(BOUNCE) {
+            // Every piece but the last is BOUNCE long, and head is a multiple of ALIGN, so
+            // each write is aligned in memory, in the file and in length.
+            window[..piece.len()].copy_from_slice(piece);
+            f.write_all(&window[..piece.len()])?;
+        }
+        Ok(())
+    })?;
+    if head < data.len() {
+        // The tail is not a whole sector: append it through a second, buffered descriptor.
+        // fdatasync is per file, so syncing this one makes the O_DIRECT head durable too.
+        let mut t = OpenOptions::new().append(true).open(path)?;
+        t.write_all(&data[head..])?;
+        return t.sync_data();
+    }
+    f.sync_data()
+}
+
 #[async_trait]
 impl Store for LocalStore {
     fn location(&self) -> String {
@@ -379,5 +491,95 @@ mod tests {
         assert_eq!(s.list("").await.unwrap().len(), 1);
         assert_eq!(s.clean_temporaries(0).await.unwrap(), 1);
         assert!(!dir.path().join("x/.tmp-dead").exists());
+    }
+
+    /// Sizes around every boundary of the O_DIRECT path: below DIRECT_MIN, whole sectors,
+    /// a tail, several bounce windows.
+    const SIZES: [usize; 8] = [
+        0,
+        100,
+        DIRECT_MIN - 1,
+        DIRECT_MIN,
+        DIRECT_MIN + 1,
+        BOUNCE,
+        BOUNCE + ALIGN + 17,
+        3 * BOUNCE + 4095,
+    ];
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+            .collect()
+    }
+
+    /// On the build directory's filesystem (a real disk in CI; /tmp may be tmpfs, which
+    /// refuses O_DIRECT): every size round-trips, through put and put_new.
+    #[tokio::test]
+    async fn large_objects_round_trip_on_a_disk_filesystem() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+        fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let s = LocalStore::new(dir.path().join("repo"));
+        for (i, len) in SIZES.into_iter().enumerate() {
+            let data = pattern(len, i as u8);
+            s.put(&format!("p/{i}"), Bytes::from(data.clone()))
+                .await
+                .unwrap();
+            assert!(s
+                .put_new(&format!("n/{i}"), Bytes::from(data.clone()))
+                .await
+                .unwrap());
+            assert_eq!(
+                s.get(&format!("p/{i}")).await.unwrap(),
+                data,
+                "put of {len}"
+            );
+            assert_eq!(
+                s.get(&format!("n/{i}")).await.unwrap(),
+                data,
+                "put_new of {len}"
+            );
+        }
+        let expect = if local_disk_fs(dir.path()) {
+            DIRECT_ON
+        } else {
+            DIRECT_OFF
+        };
+        assert_eq!(s.direct.load(Ordering::Relaxed), expect);
+        assert!(s
+            .list("")
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| !o.key.contains(".tmp")));
+    }
+
+    /// The direct writer itself, wherever O_DIRECT works here; a filesystem that refuses it
+    /// must refuse with EINVAL, which is what the store falls back on.
+    #[test]
+    fn direct_writer_writes_exact_bytes() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+        fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        for (i, len) in SIZES.into_iter().enumerate() {
+            let data = pattern(len, i as u8);
+            let p = dir.path().join(format!("f{i}"));
+            match write_direct(&p, &data) {
+                Ok(()) => assert_eq!(fs::read(&p).unwrap(), data, "{len} bytes"),
+                Err(e) => {
+                    assert!(!local_disk_fs(dir.path()), "{e}");
+                    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+                }
+            }
+        }
+    }
+
+    /// tmpfs (if this machine has /dev/shm) is not a local-disk filesystem: buffered writes.
+    #[test]
+    fn tmpfs_is_not_direct() {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            assert!(!local_disk_fs(shm));
+        }
     }
 }
