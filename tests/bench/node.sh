@@ -40,7 +40,8 @@ RUNS=${RUNS:-2}
 for i in $(seq "$RUNS"); do printf '[[vault]]\nname = "bench%s"\n' "$i" >>"$W/node/node.toml"; done
 printf '[[grant]]\nidentity = "agent-bench"\nvaults = ["*"]\n' >>"$W/node/node.toml"
 "$BIN/ferry-node" --state "$W/node" serve --listen "127.0.0.1:$NODE_PORT" >"$W/node.out" 2>"$W/node.log" &
-PIDS+=($!)
+NODE_PID=$!
+PIDS+=($NODE_PID)
 wait_port "$NODE_PORT"
 
 # sshd for restic: own config, host key and client key
@@ -48,12 +49,16 @@ start_sshd
 export RESTIC_PASSWORD=bench
 
 declare -A BEST ROW
+# CPU seconds (user + system) the node process has used so far.
+node_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$NODE_PID/stat"; }
 run() {
-  local name=$1
+  local name=$1 before=0 server=-
+  [ "$name" = ferry-node ] && before=$(node_cpu)
   timed "$@"
+  [ "$name" = ferry-node ] && server=$(echo "$(node_cpu) - $before" | bc)
   if [ -z "${BEST[$name]:-}" ] || [ "$(echo "$WALL < ${BEST[$name]}" | bc)" = 1 ]; then
     BEST[$name]=$WALL
-    ROW[$name]="$name|$WALL|$CPU|$MBS|$RSS_MIB"
+    ROW[$name]="$name|$WALL|$CPU|$server|$MBS|$RSS_MIB"
     eval "MBS_${name//-/_}=$MBS"
   fi
 }
@@ -71,9 +76,12 @@ LOCAL_BYTES=$(du -sb "$W/ferry-local" | cut -f1)
 
 echo
 echo "Full backup of the $SIZE mixed disk ($LOGICAL bytes), loopback, $(nproc) CPUs, best of $RUNS"
-echo "(the node's own CPU is not in the ferry-node row: it runs in another process)"
-printf "%-12s %9s %9s %10s %9s\n" run "wall s" "CPU s" "MB/s" "RSS MiB"
-for n in ferry-local ferry-node restic-sftp; do IFS='|' read -r a b c d e <<<"${ROW[$n]}"; printf "%-12s %9s %9s %10s %9s\n" "$a" "$b" "$c" "$d" "$e"; done
+echo "(CPU s is the client's; node CPU s is the ferry-node process's during the same run)"
+printf "%-12s %9s %9s %11s %10s %9s\n" run "wall s" "CPU s" "node CPU s" "MB/s" "RSS MiB"
+for n in ferry-local ferry-node restic-sftp; do
+  IFS='|' read -r a b c d e f <<<"${ROW[$n]}"
+  printf "%-12s %9s %9s %11s %10s %9s\n" "$a" "$b" "$c" "$d" "$e" "$f"
+done
 echo
 echo "vault size on the node: $NODE_BYTES bytes; local repository: $LOCAL_BYTES bytes"
 echo "ferry node / local:        $(ratio "$MBS_ferry_node" "$MBS_ferry_local")   (target >= 0.75)"
