@@ -11,13 +11,15 @@
 //!
 //! Locks are refreshed every [`REFRESH_SECS`]. A lock is stale when its process is gone (same
 //! host, dead pid) or it has not been refreshed for [`STALE_SECS`]; stale locks are removed
-//! with a warning that names their owner.
+//! with a warning that names their owner. A store may refuse that removal with
+//! [`StoreError::Remote`] (the storage node does, for a lock it received a refresh of
+//! recently): the lock is then taken as live.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_storage::Store;
+use ferry_storage::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::format::{self, Kind};
@@ -134,7 +136,16 @@ pub async fn live_locks(
             Some(info) => {
                 if let Some(why) = staleness(&info, now) {
                     tracing::warn!("removing stale {info}: {why}");
-                    store.delete(&obj.key).await?;
+                    match store.delete(&obj.key).await {
+                        Ok(()) => {}
+                        // A store that judges locks itself (a storage node, which sees every
+                        // refresh) refuses to remove a lock it knows is live: it is.
+                        Err(e @ StoreError::Remote { .. }) => {
+                            tracing::warn!("{e}: keeping it as live");
+                            out.push((obj.key, info));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 } else {
                     out.push((obj.key, info));
                 }

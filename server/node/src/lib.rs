@@ -2,11 +2,12 @@
 //!
 //! # What this crate owns
 //! - the state directory: `node.toml` ([`config`]: vaults, quotas, grants, job schedules,
-//!   retention; re-read on SIGHUP), `node.pem` (certificate chain) + `node.key` (0600) + `ca.pem` (the
-//!   management CA), `mgmt.url` (the management server enrolled with), `revoked.json`
+//!   retention; re-read on SIGHUP), `node.pem` (certificate chain) + `node.key` (0600) +
+//!   `ca.pem` (the management CA), `mgmt.url` (the management server enrolled with), `revoked.json`
 //!   (0600, the management CA's signed revocation list, [`revocation`]), `vaults/<name>/` (one archive repository per vault, the same
 //!   `ferry-archive` format as every other store), `verify-<vault>.json` (last verify of
-//!   each point, for the catalog);
+//!   each point, for the catalog), `locks-<vault>.json` (who wrote each lock, and when the
+//!   node last received it: [`vault::locks`]);
 //! - the HTTPS API on 9876 ([`routes`], wire types and table in `ferry_api::node`): batch
 //!   "which chunks are missing", chunk upload with the digest re-checked on the decoded
 //!   content, chunk download (with Range), atomic commit of a restore point, catalog,
@@ -59,9 +60,22 @@
 //!   so a point's objects appear on the node all at once or not at all, and a killed client
 //!   leaves nothing but chunks (which the next backup reuses and GC removes otherwise).
 //! - **Locks** are the archive's lock objects, written through `PUT /locks/{name}` (only
-//!   well-formed lock records are accepted). Any grantee of a vault may delete a lock object,
-//!   because the archive's protocol removes other holders' stale locks; a node-side owner
-//!   check is not done yet.
+//!   well-formed lock records are accepted). The node keeps a book of them
+//!   ([`vault::locks`]): the identity that wrote each lock and the node's own receive time
+//!   of its last write, in memory and in `locks-<vault>.json` in the state directory (a
+//!   sidecar, not a field stamped into the record: the record stays the archive's, and the
+//!   book is rewritten on every lock write, temp + rename). Only the writer may refresh or
+//!   delete a lock, unless it is stale by the node's clock (no write received for 3 ×
+//!   `REFRESH_SECS` = 180 s; no clock-skew slack, the node sees every refresh) or the
+//!   caller is an admin of the vault; otherwise 409 naming the holder. After a restart the
+//!   owners are read back and ages count from the node's start. The node's own lock users
+//!   (commits, prune, verify, GC) see the vault through a store that removes locks stale by
+//!   the node's clock whenever `locks/` is listed, so a backup that died during a node
+//!   outage holds GC off for about 3 minutes, not the archive's 10; the archive's own
+//!   judgement (10 minutes by the writer's clock, or a dead pid on the same host) never
+//!   removes a lock the book says is fresh, and a client's archive that is refused such a
+//!   removal takes the lock as live. `FERRY_NODE_LOCK_STALE_MS` (hidden, for tests)
+//!   shortens the threshold of client locks.
 //! - **Quota** counts every byte in the vault directory (counted at start and after GC and
 //!   prune, then kept as a running total). A chunk or commit that would exceed it gets 507;
 //!   nothing partial is left visible (chunks are atomic objects; a point without manifest is

@@ -25,6 +25,7 @@ use ferry_storage::StoreError;
 use ferry_tls::serve::Peer;
 use serde::Deserialize;
 
+use crate::vault::locks::LockError;
 use crate::{jobs, Access, Node, NodeError, Vault};
 
 /// An error answer.
@@ -588,13 +589,21 @@ async fn lock_put(
     ferry_storage::validate_key(&key).map_err(|e| bad(e.to_string()))?;
     // Only real lock records: the lock directory is not free storage.
     format::decode_json::<LockInfo>(Kind::Lock, &b, &key).map_err(|e| bad(e.to_string()))?;
-    let created = if q.new.as_deref() == Some("1") {
-        c.vault.store().put_new(&key, b).await?
-    } else {
-        c.vault.store().put(&key, b).await?;
-        true
-    };
+    let created = c
+        .vault
+        .put_lock(&name, &c.who, c.admin(), b, q.new.as_deref() == Some("1"))
+        .await
+        .map_err(lock_fail)?;
     Ok(Json(PutResponse { created }))
+}
+
+/// A refused lock write is 409 Conflict (not 403: the archive reads 403 as a read-only
+/// store and would go on without its lock).
+fn lock_fail(e: LockError) -> Fail {
+    match e {
+        e @ LockError::Held { .. } => Fail(StatusCode::CONFLICT, e.to_string()),
+        LockError::Store(e) => e.into(),
+    }
 }
 
 async fn lock_delete(
@@ -605,6 +614,9 @@ async fn lock_delete(
     let c = ctx(&n, &peer, &v)?;
     let key = format!("locks/{name}");
     ferry_storage::validate_key(&key).map_err(|e| bad(e.to_string()))?;
-    c.vault.store().delete(&key).await?;
+    c.vault
+        .delete_lock(&name, &c.who, c.admin())
+        .await
+        .map_err(lock_fail)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,6 +2,9 @@
 //! operations the API performs on it (chunk upload with digest check, commit, delete,
 //! catalog, prune). It owns the rule that a restore point records its writer: the node
 //! stamps the caller's identity into the manifest's `meta` under [`OWNER_KEY`] at commit.
+//! Its lock objects have a book of owners and receive times ([`locks`]).
+
+pub mod locks;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ use ferry_storage::{LocalStore, Store};
 
 use crate::config::VaultConfig;
 use crate::NodeError;
+use locks::{BookedStore, LockBook, LockError, LockPolicy, Writer};
 
 /// Bytes of a vault's quota held for a write in progress; given back on drop unless kept.
 struct Reservation<'a> {
@@ -52,6 +56,9 @@ pub struct Vault {
     /// Quota in bytes (0: none); a config reload may change it.
     quota: AtomicU64,
     repo: Repository,
+    /// The directory's store, without the lock book in front.
+    raw: Arc<dyn Store>,
+    locks: Arc<LockBook>,
     used: AtomicU64,
     verify_file: PathBuf,
     verify: Mutex<BTreeMap<String, VerifyState>>,
@@ -74,10 +81,27 @@ fn du(p: &Path) -> u64 {
 }
 
 impl Vault {
-    /// Opens the vault under `root`, creating its repository on first use.
+    /// Opens the vault under `root`, creating its repository on first use. Locks are judged
+    /// by [`LockPolicy::from_env`].
     pub async fn open(root: &Path, state: &Path, cfg: &VaultConfig) -> Result<Vault, NodeError> {
+        Vault::open_with(root, state, cfg, LockPolicy::from_env()).await
+    }
+
+    /// [`Vault::open`] with the clock and staleness threshold of its locks given.
+    pub async fn open_with(
+        root: &Path,
+        state: &Path,
+        cfg: &VaultConfig,
+        policy: LockPolicy,
+    ) -> Result<Vault, NodeError> {
         let dir = root.join(&cfg.name);
-        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.clone()));
+        let raw: Arc<dyn Store> = Arc::new(LocalStore::new(dir.clone()));
+        let locks = Arc::new(LockBook::open(
+            &cfg.name,
+            &state.join(format!("locks-{}.json", cfg.name)),
+            policy,
+        ));
+        let store: Arc<dyn Store> = Arc::new(BookedStore::new(raw.clone(), locks.clone()));
         let repo = match Repository::open(store.clone()).await {
             Ok(r) => r,
             Err(ArchiveError::NoRepository(_)) => {
@@ -100,6 +124,8 @@ impl Vault {
             dir,
             quota: AtomicU64::new(cfg.quota),
             repo,
+            raw,
+            locks,
             used: AtomicU64::new(used),
             verify_file,
             verify: Mutex::new(verify),
@@ -127,6 +153,39 @@ impl Vault {
     /// Sets the quota (config reload); writes already admitted are not undone.
     pub fn set_quota(&self, quota: u64) {
         self.quota.store(quota, Ordering::Relaxed);
+    }
+
+    /// Writes lock `name` for the client `who` (with admin access on the vault or not):
+    /// refused while another identity's lock is fresh ([`locks`]).
+    pub async fn put_lock(
+        &self,
+        name: &str,
+        who: &str,
+        admin: bool,
+        data: Bytes,
+        new: bool,
+    ) -> Result<bool, LockError> {
+        self.locks
+            .write(
+                self.raw.as_ref(),
+                name,
+                Writer::Client { who, admin },
+                data,
+                new,
+            )
+            .await
+    }
+
+    /// Deletes lock `name` for the client `who`, under the same rule as [`Vault::put_lock`].
+    pub async fn delete_lock(&self, name: &str, who: &str, admin: bool) -> Result<(), LockError> {
+        self.locks
+            .remove(self.raw.as_ref(), name, Writer::Client { who, admin })
+            .await
+    }
+
+    /// The book of the vault's locks.
+    pub fn lock_book(&self) -> &LockBook {
+        &self.locks
     }
 
     /// Bytes stored.
