@@ -16,8 +16,9 @@
 //! - vault rules ([`vault`]): quotas, grants, the writer of each point;
 //! - scheduled verify, prune and GC ([`jobs`]) under the archive's repository locks;
 //! - enrollment with the management server ([`enroll`]);
-//! - the revocation list ([`revocation`]): fetched from the management server, kept, and
-//!   every client certificate on it refused (403) before any route runs.
+//! - the revocation list ([`revocation`]): pushed by the management server
+//!   (`PUT /v1/revocations`, its certificate only) and fetched from it as a fallback, kept,
+//!   and every client certificate on it refused (403) before any route runs.
 //!
 //! It does not back anything up and does not know about VMs: agents do, through
 //! `node://host:9876/vault`.

@@ -223,3 +223,33 @@ fn check_config_lists_a_valid_file_and_refuses_a_bad_one() {
     assert!(err.contains("unknown vault nope"), "{err}");
     assert!(err.contains("NOT valid"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schedule_added_by_reload_runs_without_a_restart() {
+    let w = World::new(CONFIG);
+    let log = w.path("node.log");
+    let mut node = w.start_logged(&log);
+    let a1 = w.agent("a1");
+    let repo = repo(&node, "main", &a1).await;
+    let disk = w.path("d.raw");
+    random_disk(&disk, MIB as usize, 1);
+    backup(&repo, &disk, "vm", None).await.unwrap();
+    let c1 = http(&w, &a1);
+    let url = format!("https://{}/v1/vaults/main/catalog", node.addr);
+    let verified = |c: &reqwest::Client, url: &str| {
+        let req = c.get(url);
+        async move {
+            let cat: Vec<ferry_api::node::CatalogEntry> =
+                req.send().await.unwrap().json().await.unwrap();
+            cat.len() == 1 && cat[0].verify.as_ref().is_some_and(|v| v.ok)
+        }
+    };
+    // No schedule at start: nothing verifies the point.
+    assert!(!verified(&c1, &url).await);
+
+    w.write_config(&format!("{CONFIG}\n[schedule]\nverify = \"* * * * * *\"\n"));
+    node.hup();
+    log_says(&log, &["reloaded", "job schedules or retention changed"]).await;
+    let (c, u) = (&c1, url.as_str());
+    eventually("the scheduled verify of the point", || verified(c, u)).await;
+}
