@@ -60,4 +60,4 @@ timed() {
   RSS_MIB=$(( rss / 1024 ))
 }
 
-ratio() { echo "scale=2; $1 / $2" | bc; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }

@@ -55,7 +55,7 @@ run() {
   local name=$1 before=0 server=-
   [ "$name" = ferry-node ] && before=$(node_cpu)
   timed "$@"
-  [ "$name" = ferry-node ] && server=$(echo "$(node_cpu) - $before" | bc)
+  [ "$name" = ferry-node ] && server=$(awk -v a="$(node_cpu)" -v b="$before" 'BEGIN { printf "%.2f", a - b }')
   if [ -z "${BEST[$name]:-}" ] || [ "$(echo "$WALL < ${BEST[$name]}" | bc)" = 1 ]; then
     BEST[$name]=$WALL
     ROW[$name]="$name|$WALL|$CPU|$server|$MBS|$RSS_MIB"
