@@ -190,14 +190,22 @@ fn count(p: &Path) -> usize {
         .sum()
 }
 
-/// A `node://` store for `vault` as `identity`.
-pub fn store(node: &NodeProc, vault: &str, identity: &Path) -> Arc<dyn ferry_storage::Store> {
-    let url = format!(
+/// The `node://` URL of `vault` as `identity` (what `ferry --repo` and agents are given).
+pub fn node_url(node: &NodeProc, vault: &str, identity: &Path) -> String {
+    format!(
         "node://{}/{vault}?node=node1&identity={}&retries=1",
         node.addr,
         identity.display()
-    );
-    ferry_storage::open_store_with(&url, ferry_storage::StoreOptions::default()).unwrap()
+    )
+}
+
+/// A `node://` store for `vault` as `identity`.
+pub fn store(node: &NodeProc, vault: &str, identity: &Path) -> Arc<dyn ferry_storage::Store> {
+    ferry_storage::open_store_with(
+        &node_url(node, vault, identity),
+        ferry_storage::StoreOptions::default(),
+    )
+    .unwrap()
 }
 
 pub async fn repo(node: &NodeProc, vault: &str, identity: &Path) -> Repository {
@@ -380,4 +388,109 @@ impl ferry_archive::BlockSource for Gated {
         }
         self.inner.read_at(offset, buf).await
     }
+}
+
+/// Whether the third-party programs `tools` are all on PATH. In CI (`CI` set) a missing one
+/// fails the test; elsewhere the test says what is missing and skips (returns false).
+/// tests/run.sh installs them from tests/peers.d/core.list.
+pub fn peers(tools: &[&str]) -> bool {
+    let on_path = |t: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+    };
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "{} not installed (apt-get install -y qemu-utils libnbd-bin nbdkit, or tests/run.sh)",
+        missing.join(", ")
+    );
+    assert!(std::env::var_os("CI").is_none(), "{msg}");
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+/// Runs `cmd`, fails the test with its output unless it succeeds, returns its stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The workspace's `ferry` CLI, from the same target directory and profile as `ferry-node`:
+/// `FERRY_BIN` when set, else built with cargo once per test binary (a no-op when fresh).
+pub fn ferry_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("FERRY_BIN") {
+            return p.into();
+        }
+        let dir = Path::new(env!("CARGO_BIN_EXE_ferry-node"))
+            .parent()
+            .unwrap();
+        let mut c = Command::new(env!("CARGO"));
+        c.args(["build", "-q", "-p", "ferry-cli", "--bin", "ferry"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.ends_with("release") {
+            c.arg("--release");
+        }
+        assert!(c.status().unwrap().success(), "cargo build -p ferry-cli");
+        dir.join("ferry")
+    })
+    .clone()
+}
+
+/// `ferry --repo URL`.
+pub fn ferry(repo_url: &str) -> Command {
+    let mut c = Command::new(ferry_bin());
+    c.arg("--repo").arg(repo_url);
+    c
+}
+
+/// A child process (a server of a test), killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Waits until `path` exists (a server's socket); fails if the process exits first.
+    pub fn wait_for(&mut self, path: &Path) {
+        let start = std::time::Instant::now();
+        while !path.exists() {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                panic!("the server exited early: {st}");
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "{} never appeared",
+                path.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn term(&mut self) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.0.id()).unwrap();
+        // SAFETY: kill() on the pid of our own child, not yet reaped, has no memory effects.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.0.wait().unwrap()
+    }
+}
+
+/// Lock objects in a vault (`locks/`).
+pub fn lock_count(world: &World, vault: &str) -> usize {
+    count(&world.vault_dir(vault).join("locks"))
 }
