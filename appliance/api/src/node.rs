@@ -18,9 +18,11 @@
 //! | `POST /v1/vaults/{v}/jobs/{verify,gc}` | → [`JobReport`] | admin |
 //! | `GET /v1/vaults/{v}/objects?prefix=P` | → `[`[`ObjectEntry`]`]` | filtered: locks to grantees, own points, everything to admins |
 //! | `GET`/`HEAD /v1/vaults/{v}/objects/{key}` | → object bytes | `config`, `locks/…` and chunks to grantees; `points/{id}/…` to its writer or admin |
-//! | `PUT /v1/vaults/{v}/locks/{name}?new=1` | lock object (FRYL) → [`PutResponse`] | grantee; `new=1` is create-if-absent |
-//! | `DELETE /v1/vaults/{v}/locks/{name}` | → 204 | grantee |
+//! | `PUT /v1/vaults/{v}/locks/{name}?new=1` | lock object (FRYL) → [`PutResponse`] | grantee; `new=1` is create-if-absent; replacing another identity's lock: 409 unless the node received no write of it for 180 s, or the caller is admin |
+//! | `DELETE /v1/vaults/{v}/locks/{name}` | → 204 | the lock's writer or admin; anyone granted once the node received no write of it for 180 s (409 before) |
 //! | `GET /v1/catalog` | → `[`[`CatalogEntry`]`]` | every vault the caller is granted; every point of every vault for the management server (`mgmt`), read-only |
+//! | `PUT /v1/revocations` | `SignedRevocations` → `RevocationState` (`ferry-tls`) | the management server (`mgmt`) only (403); 422 when the management CA's signature does not check, 409 when older than the list held |
+//! | `GET /v1/revocations` | → `RevocationState` | any caller |
 //!
 //! **Commit body** (`application/octet-stream`): a little-endian `u32` header length, a JSON
 //! [`CommitHeader`], then the objects it lists, back to back. It holds the manifest

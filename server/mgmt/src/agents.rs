@@ -1,4 +1,5 @@
-//! Talking to agents: pairing, plan push, run-now, and collection by cursor.
+//! Talking to agents: pairing, plan push, run-now, and collection by cursor; and the
+//! revocation push, to agents and storage nodes alike.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,7 +192,9 @@ pub async fn collect(m: &Mgmt, a: &AgentInfo) -> Result<CollectReport, MgmtError
     Ok(rep)
 }
 
-/// Sends the revocation list to an agent unless it has this version already.
+/// Sends the revocation list to an agent or a storage node (`PUT /v1/revocations` at the
+/// address it enrolled with; both accept it from this server's certificate only) unless it
+/// has this version already.
 pub async fn push_revocations(m: &Mgmt, a: &AgentInfo) -> Result<(), MgmtError> {
     let list = m.revocation_list()?;
     let version = list.verify(m.ca.cert_pem())?.version;
@@ -217,16 +220,30 @@ pub async fn push_revocations(m: &Mgmt, a: &AgentInfo) -> Result<(), MgmtError> 
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(a.id.clone(), version);
-    tracing::info!("revocation list version {version} pushed to agent {}", a.id);
+    let what = match a.role {
+        PeerRole::Node => "storage node",
+        PeerRole::Agent => "agent",
+    };
+    tracing::info!(
+        "revocation list version {version} pushed to {what} {}",
+        a.id
+    );
     Ok(())
 }
 
-/// An active agent (not a storage node: nodes take no plans, jobs or revocation pushes).
+/// An active agent (not a storage node: nodes take no plans or jobs).
 fn is_active_agent(a: &AgentInfo) -> bool {
     a.state == AgentState::Active && a.role == PeerRole::Agent
 }
 
-/// Pushes the revocation list to every active agent, in the background.
+/// An active storage node.
+fn is_active_node(a: &AgentInfo) -> bool {
+    a.state == AgentState::Active && a.role == PeerRole::Node
+}
+
+/// Pushes the revocation list to every active agent and storage node, in the background.
+/// Nodes also fetch it every `revocation_every` seconds: the push only makes it take effect
+/// at once.
 pub fn spawn_push_revocations(m: Arc<Mgmt>) {
     tokio::spawn(async move {
         let agents = match m.db.agents() {
@@ -236,17 +253,22 @@ pub fn spawn_push_revocations(m: Arc<Mgmt>) {
                 return;
             }
         };
-        futures::stream::iter(agents.into_iter().filter(is_active_agent))
-            .for_each_concurrent(16, |a| {
-                let m = m.clone();
-                async move {
-                    // An agent that is down gets the list when it next says hello.
-                    if let Err(e) = push_revocations(&m, &a).await {
-                        tracing::info!("revocation list not pushed to {}: {e}", a.id);
-                    }
+        futures::stream::iter(
+            agents
+                .into_iter()
+                .filter(|a| is_active_agent(a) || is_active_node(a)),
+        )
+        .for_each_concurrent(16, |a| {
+            let m = m.clone();
+            async move {
+                // An agent that is down gets the list when it next says hello; a node at its
+                // next fetch, or at the next collect round.
+                if let Err(e) = push_revocations(&m, &a).await {
+                    tracing::info!("revocation list not pushed to {}: {e}", a.id);
                 }
-            })
-            .await;
+            }
+        })
+        .await;
     });
 }
 
@@ -283,12 +305,23 @@ pub async fn collect_loop(m: Arc<Mgmt>) {
                 continue;
             }
         };
-        futures::stream::iter(agents.into_iter().filter(is_active_agent))
+        futures::stream::iter(agents.iter().filter(|a| is_active_agent(a)).cloned())
             .for_each_concurrent(16, |a| {
                 let m = m.clone();
                 async move {
                     if let Err(e) = sync_agent(&m, &a.id).await {
                         tracing::debug!("collect from {}: {e}", a.id);
+                    }
+                }
+            })
+            .await;
+        // Nodes have nothing to collect; they get a list they missed (a no-op when current).
+        futures::stream::iter(agents.into_iter().filter(is_active_node))
+            .for_each_concurrent(16, |a| {
+                let m = m.clone();
+                async move {
+                    if let Err(e) = push_revocations(&m, &a).await {
+                        tracing::debug!("revocation list to node {}: {e}", a.id);
                     }
                 }
             })

@@ -8,7 +8,7 @@
 //!   plan credentials, [`secrets`]), `license.key` (0600, when the license service is on)
 //!   and `mgmt.db` (0600, SQLite, [`db`]);
 //! - enrollment tokens (one-time, expiring; stored as SHA-256 of the secret), the agent
-//!   registry, admins, revocation and the signed revocation list pushed to agents, plans
+//!   registry, admins, revocation and the signed revocation list pushed to agents and nodes, plans
 //!   (with their credentials, sealed), collected job records and logs;
 //! - the HTTPS API ([`routes`], documented in `ferry-api`), pairing with an agent, pushing
 //!   plans, collecting jobs and logs by cursor ([`agents`]), the optional license service;
@@ -38,9 +38,11 @@
 //! - **Revocation** is enforced here at once (hello, collection, plan push, run-now refuse
 //!   a revoked agent; a revoked admin's calls get 403). Every revocation also goes on a
 //!   list of certificate fingerprints that the CA signs ([`ferry_tls::revocation`]); the
-//!   server pushes it to every agent after a revocation (`PUT /v1/revocations` on the
-//!   agent) and at each sync, and agents fetch it after each hello
-//!   (`GET /v1/agent/revocations`). Agents refuse the certificates on it. Fingerprints
+//!   server pushes it to every agent and storage node after a revocation
+//!   (`PUT /v1/revocations`, at the address each enrolled with) and at each sync or collect
+//!   round; agents fetch it after each hello and nodes every `revocation_every` seconds
+//!   (`GET /v1/agent/revocations`), as a fallback. Agents and nodes refuse the
+//!   certificates on it. Fingerprints
 //!   rather than an X.509 CRL: the registry names certificates by fingerprint, and agents
 //!   registered before serials were kept could not be listed by serial.
 //! - **Admins** (`/v1/admins`): the CLI makes the key and sends a CSR, so an admin's key

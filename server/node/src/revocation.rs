@@ -6,9 +6,14 @@
 //! certificate (`GET /v1/agent/revocations`, which the management server answers for every
 //! active registered peer).
 //!
+//! The management server also pushes the list after every revocation
+//! (`PUT /v1/revocations` on the node, accepted from its own certificate, `mgmt`, only:
+//! [`crate::routes`]), so a revocation applies at once; the fetch is the fallback for a push
+//! the node missed (it was down, or unreachable from the management server).
+//!
 //! A management server that does not answer changes nothing: the node keeps serving with the
 //! last list it verified. Only lists signed by the management CA and not older than the one
-//! held are installed.
+//! held are installed, whether fetched or pushed ([`RevocationStore::install`]).
 
 use std::path::Path;
 use std::sync::Arc;

@@ -22,6 +22,7 @@ use ferry_archive::lock::LockInfo;
 use ferry_archive::repo::chunk_key;
 use ferry_archive::{ArchiveError, Manifest};
 use ferry_storage::StoreError;
+use ferry_tls::revocation::{RevocationError, RevocationState, SignedRevocations};
 use ferry_tls::serve::Peer;
 use serde::Deserialize;
 
@@ -166,6 +167,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/vaults", get(vaults))
         .route("/v1/catalog", get(catalog_all))
+        .route("/v1/revocations", get(revocations_get).put(revocations_put))
         .route(
             "/v1/vaults/{v}/chunks/missing",
             post(missing).layer(DefaultBodyLimit::max(ferry_api::MAX_BODY)),
@@ -619,4 +621,50 @@ async fn lock_delete(
         .await
         .map_err(lock_fail)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The revocation list in force (version, time, count).
+async fn revocations_get(State(n): State<Arc<Node>>) -> Json<RevocationState> {
+    Json(n.revoked.state())
+}
+
+/// A revocation list pushed by the management server (its own certificate only), installed
+/// with the same checks as a fetched one: the management CA's signature, and a version not
+/// older than the one held.
+async fn revocations_put(
+    State(n): State<Arc<Node>>,
+    Extension(peer): Extension<Peer>,
+    b: Bytes,
+) -> R<RevocationState> {
+    let who = identity(&peer)?;
+    if who != MGMT_IDENTITY {
+        tracing::warn!(
+            "refused a revocation list pushed by {who} from {}",
+            peer.addr
+        );
+        return Err(forbidden(
+            "only the management server sends revocation lists",
+        ));
+    }
+    let l: SignedRevocations = ferry_api::parse_body(&b).map_err(|e| bad(e.to_string()))?;
+    match n.revoked.install(l) {
+        Ok(s) => {
+            tracing::info!(
+                "revocation list version {} pushed by the management server",
+                s.version
+            );
+            Ok(Json(s))
+        }
+        Err(e) => {
+            tracing::warn!("revocation list pushed by the management server refused: {e}");
+            let code = match e {
+                RevocationError::Older { .. } => StatusCode::CONFLICT,
+                RevocationError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                RevocationError::NoCa { .. } | RevocationError::Io(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            };
+            Err(Fail(code, e.to_string()))
+        }
+    }
 }

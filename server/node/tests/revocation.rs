@@ -119,6 +119,61 @@ async fn back_up(
     backup(&repo, disk, group, None).await
 }
 
+/// Enrolls the node in `state` by token with `ferry-node enroll` (announcing `port` when
+/// given); returns its id.
+async fn enroll_node(
+    mgmt: &ferry_mgmt::Mgmt,
+    mgmt_addr: &str,
+    state: &Path,
+    port: Option<u16>,
+) -> String {
+    let token = mgmt
+        .create_token(Duration::from_secs(600), Some("node"))
+        .unwrap()
+        .token;
+    let st = state.to_path_buf();
+    let addr = mgmt_addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ferry-node"));
+        c.arg("--state")
+            .arg(&st)
+            .args(["enroll", "--mgmt", &addr, "--token", &token]);
+        if let Some(p) = port {
+            c.args(["--port", &p.to_string()]);
+        }
+        c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split("node id ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap()
+        .to_string()
+}
+
+/// A management server on loopback: the server and its address.
+async fn start_mgmt(state: &Path) -> (std::sync::Arc<ferry_mgmt::Mgmt>, String) {
+    let mgmt = ferry_mgmt::Mgmt::open(ferry_mgmt::Options {
+        state_dir: state.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
+        collect_every: Duration::from_secs(3600),
+        license: None,
+    })
+    .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(ferry_mgmt::serve_on(mgmt.clone(), l));
+    (mgmt, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revoked_agent_refused_by_the_node_others_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,34 +205,7 @@ async fn revoked_agent_refused_by_the_node_others_kept() {
         ),
     )
     .unwrap();
-    let token = mgmt
-        .create_token(Duration::from_secs(600), Some("node"))
-        .unwrap()
-        .token;
-    let st = state.clone();
-    let addr = mgmt_addr.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_ferry-node"))
-            .arg("--state")
-            .arg(&st)
-            .args(["enroll", "--mgmt", &addr, "--token", &token])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let node_id = text
-        .split("node id ")
-        .nth(1)
-        .and_then(|r| r.split(';').next())
-        .unwrap()
-        .to_string();
+    let node_id = enroll_node(&mgmt, &mgmt_addr, &state, None).await;
     assert_eq!(
         ferry_node::revocation::mgmt_url(&state).unwrap(),
         format!("https://{mgmt_addr}")
@@ -275,4 +303,133 @@ async fn revoked_agent_refused_by_the_node_others_kept() {
     assert_eq!(vaults(&c1, &node).await.0, 403);
     assert_eq!(vaults(&c2, &node).await.0, 200);
     back_up(&node, &node_id, &a2, &disk, "vm3").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushed_revocation_applies_at_once_and_only_from_mgmt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mstate = dir.path().join("mgmt");
+    let (mgmt, mgmt_addr) = start_mgmt(&mstate).await;
+    let (a1_id, a1) = enroll_agent(&mgmt, &mgmt_addr, dir.path()).await;
+    let (a2_id, a2) = enroll_agent(&mgmt, &mgmt_addr, dir.path()).await;
+
+    // The node polls only every hour: anything faster is the push. It announces the port it
+    // serves on at enrollment, which is where the management server reaches it.
+    let state = dir.path().join("node");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("node.toml"),
+        format!(
+            "revocation_every = 3600\n[[vault]]\nname = \"main\"\nchunk_size = 1048576\n\
+             [[grant]]\nidentity = \"agent-{a1_id}\"\nvaults = [\"main\"]\n\
+             [[grant]]\nidentity = \"agent-{a2_id}\"\nvaults = [\"main\"]\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node_id = enroll_node(&mgmt, &mgmt_addr, &state, Some(port)).await;
+    let ca_pem = mgmt.ca.cert_pem().to_string();
+    let ca = ferry_tls::pki::Ca::from_pem(&ca_pem, &mgmt.ca.key_pem()).unwrap();
+    let w = World {
+        dir,
+        ca,
+        state: state.clone(),
+    };
+    let node = w.start(port);
+    let (c1, c2) = (
+        client(&a1, &ca_pem, &node_id),
+        client(&a2, &ca_pem, &node_id),
+    );
+    assert_eq!(vaults(&c1, &node).await.0, 200);
+    // The node has made its start-up fetch (nothing revoked yet) before the revocation.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let admin = AdminClient::new(
+        &mgmt_addr,
+        &AdminBundle::load(&mstate.join("admin.pem")).unwrap(),
+    )
+    .unwrap();
+    let revoked_at = Instant::now();
+    admin.revoke(&a1_id).await.unwrap();
+    let (code, body) = loop {
+        let (code, body) = vaults(&c1, &node).await;
+        if code == 403 || revoked_at.elapsed() > Duration::from_secs(15) {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    eprintln!(
+        "the node refused the revoked agent {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+    assert_eq!(vaults(&c2, &node).await.0, 200);
+    let state_of = |c: reqwest::Client| {
+        let url = format!("https://{}/v1/revocations", node.addr);
+        async move {
+            c.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<ferry_tls::revocation::RevocationState>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(state_of(c2.clone()).await.version, 1);
+
+    // Pushes that are refused: the real list from an agent; from a certificate that names
+    // the management server (issued by its CA), a list signed by another CA, and the real
+    // list tampered with.
+    let real = mgmt.revocation_list().unwrap();
+    let push = |c: &reqwest::Client, l: &SignedRevocations| {
+        c.put(format!("https://{}/v1/revocations", node.addr))
+            .json(l)
+            .send()
+    };
+    let r = push(&c2, &real).await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let (mc, mk) =
+        w.ca.issue(ferry_tls::pki::Role::Server, "mgmt", 30)
+            .unwrap();
+    let mgmt_id = w.path("mgmt-id.pem");
+    std::fs::write(&mgmt_id, format!("{mc}{mk}{ca_pem}")).unwrap();
+    let cm = client(&mgmt_id, &ca_pem, &node_id);
+    let a2_sha = ferry_tls::pem_sha256(&std::fs::read_to_string(&a2).unwrap()).unwrap();
+    let entry = Revoked {
+        sha256: a2_sha.clone(),
+        role: "agent".into(),
+        name: a2_id.clone(),
+        revoked_unix: 1,
+    };
+    let forged = ferry_tls::pki::Ca::create("Ferry management CA")
+        .unwrap()
+        .sign_revocations(&RevocationList {
+            version: 99,
+            issued_unix: 1,
+            entries: vec![entry.clone()],
+        })
+        .unwrap();
+    let r = push(&cm, &forged).await.unwrap();
+    assert_eq!(r.status().as_u16(), 422, "{:?}", r.text().await);
+    let mut list: RevocationList = serde_json::from_str(&real.list).unwrap();
+    list.version = 2;
+    list.entries.push(entry);
+    let tampered = SignedRevocations {
+        list: serde_json::to_string(&list).unwrap(),
+        signature: real.signature.clone(),
+    };
+    let r = push(&cm, &tampered).await.unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    assert_eq!(vaults(&c2, &node).await.0, 200);
+    assert_eq!(state_of(c2.clone()).await.version, 1);
+    // The same list again is accepted (no change); the real list from that certificate too.
+    let r = push(&cm, &real).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(vaults(&c1, &node).await.0, 403);
 }
