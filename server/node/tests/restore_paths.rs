@@ -14,11 +14,12 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use ferry_api::node::{PruneDecision, PruneRequest};
-use ferry_archive::{Manifest, Repository, ZERO_DIGEST};
+use ferry_archive::{BackupOptions, ChangedExtents, Manifest, Progress, Repository, ZERO_DIGEST};
 use ferry_tls::pki::Role;
 
 const KIB: u64 = 1 << 10;
@@ -51,14 +52,23 @@ fn write_disk(p: &Path) {
 }
 
 /// The changes of the incremental: new data over random data, zeros over random data, data
-/// in a hole, one of the repeated blocks changed.
-fn change_disk(p: &Path) {
-    scribble(p, 3 * MIB + 4 * KIB, 2 * MIB as usize + 512, 21);
-    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
-    f.write_all_at(&vec![0u8; MIB as usize], MIB).unwrap();
-    drop(f);
-    scribble(p, 11 * MIB + 64 * KIB, 512 * KIB as usize, 22);
-    scribble(p, 17 * MIB, 4 * KIB as usize, 23);
+/// in a hole, one of the repeated blocks changed. Returns what CBT would report.
+fn change_disk(p: &Path) -> ChangedExtents {
+    let changes = [
+        (3 * MIB + 4 * KIB, 2 * MIB + 512),
+        (MIB, MIB),
+        (11 * MIB + 64 * KIB, 512 * KIB),
+        (17 * MIB, 4 * KIB),
+    ];
+    for (i, (off, len)) in changes.into_iter().enumerate() {
+        if i == 1 {
+            let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+            f.write_all_at(&vec![0u8; len as usize], off).unwrap();
+        } else {
+            scribble(p, off, len as usize, 20 + i as u64);
+        }
+    }
+    ChangedExtents::new(changes.iter().map(|(o, l)| *o..o + l).collect())
 }
 
 /// `ferry restore --format FORMAT` from the node; qemu-img finds the image sound and equal
@@ -203,8 +213,22 @@ async fn vmdk_restores_and_nbd_exports_from_a_node() {
     // 6 + 4 + 5 chunks of random data, and the repeated MiB once.
     assert_eq!(w.chunk_count("main"), 16, "{s:?}");
 
-    change_disk(&disk);
-    let incr = backup(&repo, &disk, "vm1", Some(&full.id)).await.unwrap();
+    // The incremental reads only what changed, as with CBT; the rest comes from the parent.
+    let changed = change_disk(&disk);
+    let mut opts = BackupOptions::new("vm1");
+    opts.parent = Some(full.id.clone());
+    let mut changed_input = input(&disk);
+    changed_input.changed = Some(changed);
+    let incr = ferry_archive::backup(
+        &repo,
+        vec![changed_input],
+        &opts,
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap();
+    let s = &incr.disks[0].stats;
+    assert!(s.read <= 6 * MIB && s.inherited > 0, "{s:?}");
     assert_ne!(sha256_file(&disk), sha256_file(&full_src));
 
     for (m, src) in [(&full, full_src.as_path()), (&incr, disk.as_path())] {
