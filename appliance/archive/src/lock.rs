@@ -329,4 +329,79 @@ mod tests {
         assert!(!store.exists("locks/dead").await.unwrap());
         l.release().await.unwrap();
     }
+
+    /// A store that refuses to delete one key, as a storage node does for a lock it knows
+    /// is fresh.
+    #[derive(Debug)]
+    struct Refusing(LocalStore, &'static str);
+
+    #[async_trait::async_trait]
+    impl Store for Refusing {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+            self.0.put(key, data).await
+        }
+        async fn put_new(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+            self.0.put_new(key, data).await
+        }
+        async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+            self.0.get(key).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+            self.0.exists(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ferry_storage::ObjectInfo>, StoreError> {
+            self.0.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            if key == self.1 {
+                return Err(StoreError::Remote {
+                    op: "delete",
+                    key: key.into(),
+                    detail: "held by someone else (409 Conflict)".into(),
+                });
+            }
+            self.0.delete(key).await
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            self.0.sync().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_looking_lock_the_store_keeps_is_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(Refusing(
+            LocalStore::new(dir.path().to_path_buf()),
+            "locks/dead",
+        ));
+        let info = LockInfo {
+            kind: LockKind::Shared,
+            purpose: "backup".into(),
+            host: hostname(),
+            pid: 999_999_999,
+            created: now_secs(),
+            refreshed: now_secs(),
+        };
+        store
+            .put(
+                "locks/dead",
+                Bytes::from(format::encode_json(Kind::Lock, &info).unwrap()),
+            )
+            .await
+            .unwrap();
+        // Shared with shared: no conflict, and no error for the refused removal.
+        let l = RepoLock::acquire(store.clone(), LockKind::Shared, "b", Duration::ZERO)
+            .await
+            .unwrap();
+        l.release().await.unwrap();
+        assert!(store.exists("locks/dead").await.unwrap());
+        // Exclusive: it is a holder to wait for.
+        let err = RepoLock::acquire(store.clone(), LockKind::Exclusive, "gc", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("pid 999999999"), "{err}");
+    }
 }
