@@ -14,33 +14,17 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{free_port, wait_for, Agent, Mgmt};
 use ferry_api::v1::{Credential, JobPage, JobState, PlanPush, ProgressEvent, Trigger};
+use ferry_testkit::vcsim::Vcsim;
 use ferry_vsphere::job::monolithic_flat_descriptor;
 use ferry_vsphere::{
     Client, ConnectOptions, Credentials, Datastore, DatastorePath, Trust, VmSelector,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const VM: &str = "DC0_H0_VM0";
-
-/// POSTs to the simulator's control listener.
-async fn control(base: &str, path: &str, body: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let hostport = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(hostport).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
-    assert!(resp.contains(" 200"), "{resp}");
-}
 
 fn plan(name: &str, schedule: &str, url: &str, thumb: &str, repo: &str, missed: bool) -> PlanPush {
     let text = format!(
@@ -72,29 +56,11 @@ enable_cbt = true
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_and_manual_jobs_collected_across_reboots_and_outages() {
     // The simulator, with the VM's first disk seeded with known bytes.
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vcsim/run.sh");
-    let mut sim = tokio::process::Command::new(script)
-        .args(["-disks", "8M"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tests/vcsim/run.sh");
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(600),
-        BufReader::new(sim.stdout.take().unwrap()).read_line(&mut line),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(!line.is_empty(), "ferry-vcsim did not start");
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let s = |k: &str| v[k].as_str().unwrap().to_string();
-    let (url, thumb) = (s("url"), s("thumbprint"));
+    let sim = Vcsim::start(&["-disks", "8M"]).await.unwrap();
+    let (url, thumb) = (sim.url.clone(), sim.thumbprint.clone());
     let vc = Client::connect(&ConnectOptions::new(
         &url,
-        Credentials::new(&s("user"), &s("password")),
+        Credentials::new(&sim.user, &sim.password),
         Trust::Thumbprint(thumb.clone()),
     ))
     .await
@@ -130,7 +96,7 @@ async fn scheduled_and_manual_jobs_collected_across_reboots_and_outages() {
     // CBT on, and a first change generation so the disk carries a changeId.
     vc.enable_cbt(&vm, Duration::from_secs(30)).await.unwrap();
     let cbt = format!("/cbt?vm={}&key={}", vm.value, info.disks[0].key);
-    control(&s("control"), &cbt, "").await;
+    sim.control(&cbt, "").await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
@@ -180,8 +146,8 @@ async fn scheduled_and_manual_jobs_collected_across_reboots_and_outages() {
         p.credentials.insert(
             "vc".into(),
             Credential {
-                user: Some(s("user")),
-                password: Some(s("password")),
+                user: Some(sim.user.clone()),
+                password: Some(sim.password.clone()),
                 ..Default::default()
             },
         );
@@ -216,7 +182,9 @@ async fn scheduled_and_manual_jobs_collected_across_reboots_and_outages() {
     for b in &mut data[1 << 20..(1 << 20) + 65536] {
         *b = b.wrapping_add(0x5a) ^ 0x11;
     }
-    control(&s("control"), &cbt, &format!("{} 65536\n", 1 << 20)).await;
+    sim.control(&cbt, &format!("{} 65536\n", 1 << 20))
+        .await
+        .unwrap();
     seed(data.clone()).await;
 
     // Stop the schedule (an update keeps the plan), then run it now: progress streams,
@@ -341,7 +309,7 @@ async fn scheduled_and_manual_jobs_collected_across_reboots_and_outages() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let logs = agent.stderr.lock().unwrap().clone();
-    assert!(!logs.contains(&s("password")) || s("password").len() < 4);
+    assert!(!logs.contains(&sim.password) || sim.password.len() < 4);
     drop(agent);
     mgmt.stop().await;
     drop(sim);

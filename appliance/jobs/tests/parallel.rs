@@ -41,7 +41,9 @@ async fn parallel_vms_all_backed_up_and_overlapping() {
         &format!("url = \"{}\"", dir.path().join("repo").display()),
         &format!("[options]\nparallel_vms = {n}\n"),
     );
-    sim.control(&format!("/hold-snapshots?n={n}"), "").await;
+    sim.control(&format!("/hold-snapshots?n={n}"), "")
+        .await
+        .unwrap();
     let done = Arc::new(Mutex::new(Vec::new()));
     let events: ferry_jobs::Events = {
         let done = done.clone();
@@ -61,7 +63,8 @@ async fn parallel_vms_all_backed_up_and_overlapping() {
     }
     assert_eq!(done.lock().unwrap().len(), n);
 
-    let s: serde_json::Value = serde_json::from_str(&sim.control("/snapshots", "").await).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&sim.control("/snapshots", "").await.unwrap()).unwrap();
     assert_eq!(
         s["timed_out"], false,
         "the barrier was released by time: {s}"
@@ -75,12 +78,13 @@ async fn parallel_vms_all_backed_up_and_overlapping() {
     // With parallel_vms = 1 the VMs go one by one: never two snapshots in flight.
     let mut one = plan.clone();
     one.options.parallel_vms = 1;
-    sim.control("/hold-snapshots?n=0", "").await;
+    sim.control("/hold-snapshots?n=0", "").await.unwrap();
     let out = ferry_jobs::run(&one, &sim.creds(), dir.path(), common::no_events()).await;
     assert!(
         out.error.is_none() && out.vms.iter().all(|r| r.ok),
         "{out:?}"
     );
-    let s: serde_json::Value = serde_json::from_str(&sim.control("/snapshots", "").await).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&sim.control("/snapshots", "").await.unwrap()).unwrap();
     assert_eq!(s["max_in_flight"], 1, "{s}");
 }

@@ -26,7 +26,7 @@ async fn sftp_destination_backup_and_restore() {
     let info = vc.vm_info(&vm).await.unwrap();
     vc.enable_cbt(&vm, Duration::from_secs(30)).await.unwrap();
     let cbt = format!("/cbt?vm={}&key={}", vm.value, info.disks[0].key);
-    sim.control(&cbt, "").await;
+    sim.control(&cbt, "").await.unwrap();
 
     let repo = dir.path().join("sftp-repo");
     let plan = sim.plan(
@@ -72,7 +72,9 @@ async fn sftp_destination_backup_and_restore() {
         *b ^= 0xa5;
     }
     seed(&vc, "DC0_H0_VM0", &data).await;
-    sim.control(&cbt, &format!("{} 65536\n", 3 << 20)).await;
+    sim.control(&cbt, &format!("{} 65536\n", 3 << 20))
+        .await
+        .unwrap();
     let out = ferry_jobs::run(&plan, &creds, dir.path(), no_events()).await;
     assert!(out.error.is_none(), "{out:?}");
     let r = &out.vms[0];

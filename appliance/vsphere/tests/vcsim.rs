@@ -12,7 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{disk_bytes, new_repo, progress, sha, Sim};
+use common::{connect, disk_bytes, new_repo, options, progress, sha};
+use ferry_testkit::vcsim::Vcsim;
 use ferry_vsphere::job::{monolithic_flat_descriptor, DiskRead};
 use ferry_vsphere::{
     backup_vm, restore_disk_to_datastore, restore_disk_to_file, restore_vm, Client, Datastore,
@@ -56,8 +57,8 @@ fn opts() -> VmBackupOptions {
     o
 }
 
-async fn setup(sim: &Sim) -> (Client, VmInfo, Vec<Vec<u8>>) {
-    let c = sim.connect().await;
+async fn setup(sim: &Vcsim) -> (Client, VmInfo, Vec<Vec<u8>>) {
+    let c = connect(sim).await;
     let info = vm_info(&c).await;
     assert_eq!(info.disks.len(), 2, "{:?}", info.disks);
     let datas: Vec<Vec<u8>> = info
@@ -72,7 +73,9 @@ async fn setup(sim: &Sim) -> (Client, VmInfo, Vec<Vec<u8>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_then_cbt_incremental_then_restore() {
-    let sim = Sim::start(&["-disks", "24M,12M", "-cbt-window", "8388608"]).await;
+    let sim = Vcsim::start(&["-disks", "24M,12M", "-cbt-window", "8388608"])
+        .await
+        .unwrap();
     let (c, info, mut datas) = setup(&sim).await;
     assert_eq!(info.disks[0].capacity, 24 << 20);
     assert!(!info.datacenter.is_empty());
@@ -85,7 +88,8 @@ async fn full_then_cbt_incremental_then_restore() {
         .unwrap();
     for d in &info.disks {
         sim.control(&format!("/cbt?vm={}&key={}", info.moref.value, d.key), "")
-            .await;
+            .await
+            .unwrap();
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -134,7 +138,8 @@ async fn full_then_cbt_incremental_then_restore() {
             &format!("/cbt?vm={}&key={}", info.moref.value, d.key),
             &body,
         )
-        .await;
+        .await
+        .unwrap();
     }
     seed(&c, &info, &datas).await;
 
@@ -233,14 +238,15 @@ async fn full_then_cbt_incremental_then_restore() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_then_reset_change_ids() {
-    let sim = Sim::start(&["-disks", "4M,4M"]).await;
+    let sim = Vcsim::start(&["-disks", "4M,4M"]).await.unwrap();
     let (c, info, _) = setup(&sim).await;
     c.enable_cbt(&info.moref, Duration::from_secs(30))
         .await
         .unwrap();
     for d in &info.disks {
         sim.control(&format!("/cbt?vm={}&key={}", info.moref.value, d.key), "")
-            .await;
+            .await
+            .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let repo = new_repo(dir.path()).await;
@@ -263,7 +269,8 @@ async fn unchanged_then_reset_change_ids() {
         &format!("/cbt?vm={}&key={}&reset=1", info.moref.value, d0.key),
         "",
     )
-    .await;
+    .await
+    .unwrap();
     let after = backup_vm(&c, &repo, &opts(), progress()).await.unwrap();
     match &after.disks[0].read {
         DiskRead::Full { reason: Some(r) } => assert!(r.contains("rejected"), "{r}"),
@@ -281,14 +288,14 @@ async fn unchanged_then_reset_change_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_unknown_vm_and_pins() {
-    let sim = Sim::start(&["-disks", "1M"]).await;
-    let mut o = sim.options();
+    let sim = Vcsim::start(&["-disks", "1M"]).await.unwrap();
+    let mut o = options(&sim);
     o.credentials = ferry_vsphere::Credentials::new(&sim.user, "wrong");
     let e = Client::connect(&o).await.unwrap_err();
     assert_eq!(e.fault(), Some(&FaultKind::InvalidLogin), "{e}");
     assert!(!e.to_string().contains("wrong"), "password leaked: {e}");
 
-    let mut o = sim.options();
+    let mut o = options(&sim);
     o.trust = Trust::Thumbprint("00".repeat(32));
     let e = Client::connect(&o).await.unwrap_err();
     assert!(matches!(e, VsphereError::ThumbprintMismatch { .. }), "{e}");
@@ -297,7 +304,7 @@ async fn wrong_password_unknown_vm_and_pins() {
     // Trust on first use: learnt and stored, then a changed pin is refused.
     let dir = tempfile::tempdir().unwrap();
     let pin = dir.path().join("vcenter.pin");
-    let mut o = sim.options();
+    let mut o = options(&sim);
     o.trust = Trust::TrustOnFirstUse(pin.clone());
     let c = Client::connect(&o).await.unwrap();
     let stored = std::fs::read_to_string(&pin).unwrap();
@@ -310,7 +317,7 @@ async fn wrong_password_unknown_vm_and_pins() {
     let e = Client::connect(&o).await.unwrap_err();
     assert!(matches!(e, VsphereError::ThumbprintMismatch { .. }), "{e}");
 
-    let c = sim.connect().await;
+    let c = connect(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let repo = new_repo(dir.path()).await;
     let e = backup_vm(
@@ -349,13 +356,14 @@ async fn wrong_password_unknown_vm_and_pins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_expiring_mid_job_logs_in_again() {
-    let sim = Sim::start(&["-disks", "16M,8M"]).await;
+    let sim = Vcsim::start(&["-disks", "16M,8M"]).await.unwrap();
     let (c, _info, datas) = setup(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let repo = new_repo(dir.path()).await;
     let logins = c.login_count();
     sim.control("/expire-sessions?after-bytes=6291456", "")
-        .await;
+        .await
+        .unwrap();
     // A keep-alive far shorter than the job: the session is pinged while disks are read.
     let mut o = opts();
     o.keep_alive = Some(Duration::from_millis(20));
@@ -364,6 +372,7 @@ async fn session_expiring_mid_job_logs_in_again() {
     let pings: u64 = sim
         .control("/current-time-calls", "")
         .await
+        .unwrap()
         .trim()
         .parse()
         .unwrap();
@@ -379,15 +388,17 @@ async fn session_expiring_mid_job_logs_in_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_mid_backup_then_next_run_cleans_up() {
-    let sim = Sim::start(&["-disks", "16M,8M"]).await;
+    let sim = Vcsim::start(&["-disks", "16M,8M"]).await.unwrap();
     let (c, _info, _) = setup(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let repo = new_repo(dir.path()).await;
-    sim.control("/outage?after-bytes=4194304", "").await;
+    sim.control("/outage?after-bytes=4194304", "")
+        .await
+        .unwrap();
     let e = backup_vm(&c, &repo, &opts(), progress()).await.unwrap_err();
     assert!(matches!(e, VsphereError::JobAndCleanup { .. }), "{e}");
     assert!(repo.list_point_ids().await.unwrap().is_empty());
-    sim.control("/outage?end=1", "").await;
+    sim.control("/outage?end=1", "").await.unwrap();
     let left = vm_info(&c).await;
     assert!(left.snapshots.iter().any(|s| s.name.starts_with("ferry-")));
     let r = backup_vm(&c, &repo, &opts(), progress()).await.unwrap();
@@ -398,11 +409,11 @@ async fn outage_mid_backup_then_next_run_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_snapshot_removal_withdraws_the_point() {
-    let sim = Sim::start(&["-disks", "4M,4M"]).await;
+    let sim = Vcsim::start(&["-disks", "4M,4M"]).await.unwrap();
     let (c, _info, _) = setup(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let repo = new_repo(dir.path()).await;
-    sim.control("/fail-remove-snapshot?n=1", "").await;
+    sim.control("/fail-remove-snapshot?n=1", "").await.unwrap();
     let e = backup_vm(&c, &repo, &opts(), progress()).await.unwrap_err();
     match &e {
         VsphereError::JobAndCleanup { removal, .. } => {
@@ -419,7 +430,7 @@ async fn failing_snapshot_removal_withdraws_the_point() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_killed_mid_backup() {
-    let mut sim = Sim::start(&["-disks", "64M,1M"]).await;
+    let mut sim = Vcsim::start(&["-disks", "64M,1M"]).await.unwrap();
     let (c, _info, _) = setup(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let repo = new_repo(dir.path()).await;
@@ -428,13 +439,18 @@ async fn simulator_killed_mid_backup() {
     let job = tokio::spawn(async move { backup_vm(&c2, &repo2, &opts(), progress()).await });
     // Kill once the backup is reading data.
     for _ in 0..600 {
-        let n: u64 = sim.control("/folder-bytes", "").await.parse().unwrap();
+        let n: u64 = sim
+            .control("/folder-bytes", "")
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
         if n > 8 << 20 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    sim.child.kill().await.unwrap();
+    sim.kill().await.unwrap();
     let e = job.await.unwrap().unwrap_err();
     assert!(matches!(e, VsphereError::JobAndCleanup { .. }), "{e}");
     assert!(repo.list_point_ids().await.unwrap().is_empty());
@@ -442,7 +458,7 @@ async fn simulator_killed_mid_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_as_a_new_vm() {
-    let sim = Sim::start(&["-disks", "6M,3M"]).await;
+    let sim = Vcsim::start(&["-disks", "6M,3M"]).await.unwrap();
     let (c, info, datas) = setup(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let repo = new_repo(dir.path()).await;

@@ -7,48 +7,24 @@
     clippy::tests_outside_test_module
 )]
 
-use std::process::Stdio;
-use std::time::Duration;
-
+use ferry_testkit::vcsim::Vcsim;
 use ferry_vsphere::job::monolithic_flat_descriptor;
 use ferry_vsphere::{
     Client, ConnectOptions, Credentials, Datastore, DatastorePath, Trust, VmSelector,
 };
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const VM: &str = "DC0_H0_VM0";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_backup_and_restore_through_the_cli() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vcsim/run.sh");
-    let mut sim = tokio::process::Command::new(script)
-        .args(["-disks", "8M,4M"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tests/vcsim/run.sh");
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(600),
-        BufReader::new(sim.stdout.take().unwrap()).read_line(&mut line),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        !line.is_empty(),
-        "ferry-vcsim did not start (needs golang-go and govmomi)"
-    );
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let s = |k: &str| v[k].as_str().unwrap().to_string();
-    let (url, thumb) = (s("url"), s("thumbprint"));
+    let sim = Vcsim::start(&["-disks", "8M,4M"]).await.unwrap();
+    let (url, thumb) = (sim.url.clone(), sim.thumbprint.clone());
 
     // Seed both disks with known bytes through /folder, as monolithicFlat pairs.
     let c = Client::connect(&ConnectOptions::new(
         &url,
-        Credentials::new(&s("user"), &s("password")),
+        Credentials::new(&sim.user, &sim.password),
         Trust::Thumbprint(thumb.clone()),
     ))
     .await
@@ -80,7 +56,7 @@ async fn vm_backup_and_restore_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let creds = dir.path().join("vc.cred");
-    std::fs::write(&creds, format!("{}\n{}\n", s("user"), s("password"))).unwrap();
+    std::fs::write(&creds, format!("{}\n{}\n", sim.user, sim.password)).unwrap();
     let ferry = env!("CARGO_BIN_EXE_ferry");
     let run = |args: Vec<String>| {
         std::process::Command::new(ferry)
@@ -112,8 +88,8 @@ async fn vm_backup_and_restore_through_the_cli() {
     let disks = r[0]["point"]["disks"].as_array().unwrap();
     assert_eq!(disks.len(), 2);
     // The password never reaches the output.
-    assert!(!String::from_utf8_lossy(&o.stdout).contains(&s("password")));
-    assert!(!String::from_utf8_lossy(&o.stderr).contains(&s("password")));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains(&sim.password));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains(&sim.password));
 
     for (i, want) in shas.iter().enumerate() {
         let out = dir.path().join(format!("disk{i}.raw"));

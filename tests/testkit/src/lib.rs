@@ -1,12 +1,16 @@
-//! Deterministic test disks for Ferry's tests and benchmarks.
+//! Deterministic test disks for Ferry's tests and benchmarks, and the vSphere simulator peer.
 //!
 //! [`MixedDisk`] lays a disk out as runs of 1 to 64 MiB, each of one kind, chosen with these
 //! weights by bytes: 40% never written (holes), 10% written zeros, 25% random, 12.5% text-like
 //! log lines and 12.5% small binary records. The same size and seed always give the same bytes.
+//!
+//! [`vcsim`] runs the vSphere simulator peer of the tests that talk to a vCenter.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+pub mod vcsim;
 
 const MIB: u64 = 1 << 20;
 

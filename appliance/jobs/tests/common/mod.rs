@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -11,50 +12,27 @@ use std::time::Duration;
 
 use ferry_api::v1::{Credential, ProgressEvent};
 use ferry_api::Plan;
+use ferry_testkit::vcsim::Vcsim;
 use ferry_vsphere::job::monolithic_flat_descriptor;
 use ferry_vsphere::{
     Client, ConnectOptions, Credentials, Datastore, DatastorePath, Trust, VmSelector,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-pub struct Sim {
-    pub child: tokio::process::Child,
-    pub url: String,
-    pub user: String,
-    pub password: String,
-    pub control: String,
-    pub thumbprint: String,
+/// The simulator, with what the plan-job tests ask of it; its URL, credentials and
+/// `control` are [`Vcsim`]'s.
+pub struct Sim(Vcsim);
+
+impl Deref for Sim {
+    type Target = Vcsim;
+
+    fn deref(&self) -> &Vcsim {
+        &self.0
+    }
 }
 
 impl Sim {
     pub async fn start(args: &[&str]) -> Sim {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vcsim/run.sh");
-        let mut child = tokio::process::Command::new(script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("tests/vcsim/run.sh");
-        let mut line = String::new();
-        tokio::time::timeout(
-            Duration::from_secs(600),
-            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        assert!(!line.is_empty(), "ferry-vcsim did not start");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let s = |k: &str| v[k].as_str().unwrap().to_string();
-        Sim {
-            url: s("url"),
-            user: s("user"),
-            password: s("password"),
-            control: s("control"),
-            thumbprint: s("thumbprint"),
-            child,
-        }
+        Sim(Vcsim::start(args).await.unwrap())
     }
 
     pub async fn connect(&self) -> Client {
@@ -65,25 +43,6 @@ impl Sim {
         ))
         .await
         .unwrap()
-    }
-
-    /// A POST to the control listener; the body of the answer.
-    pub async fn control(&self, path: &str, body: &str) -> String {
-        let hostport = self.control.trim_start_matches("http://");
-        let mut s = tokio::net::TcpStream::connect(hostport).await.unwrap();
-        let req = format!(
-            "POST {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).await.unwrap();
-        assert!(resp.contains(" 200"), "{resp}");
-        resp.split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or("")
-            .trim()
-            .to_string()
     }
 
     /// The credentials a plan names "vc".
