@@ -8,11 +8,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use ferry_certcheck::{CertCheck, Verifier};
+use rustls::client::danger::ServerCertVerified;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 
 use crate::error::NbdError;
@@ -85,14 +86,9 @@ impl ClientTls {
             .map_err(tls_err("client config"))?;
         let builder = match trust {
             ServerTrust::Ca(pem) => builder.with_root_certificates(roots(&pem)?),
-            ServerTrust::Pin(sha256) => {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(Pinned {
-                        sha256,
-                        algs: p.signature_verification_algorithms,
-                    }))
-            }
+            ServerTrust::Pin(sha256) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Verifier::new(Pinned { sha256 }, p.clone())),
         };
         let config = match client_cert {
             Some((chain, key)) => builder
@@ -138,11 +134,10 @@ impl ClientTls {
 #[derive(Debug)]
 struct Pinned {
     sha256: [u8; 32],
-    algs: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
+impl CertCheck for Pinned {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
@@ -159,28 +154,6 @@ impl ServerCertVerifier for Pinned {
                 hex::encode(cert_sha256(end_entity))
             )))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
     }
 }
 

@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use ferry_certcheck::CertCheck;
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::{certs_from_pem, key_from_pem, sha256_hex, TlsError};
@@ -121,7 +122,7 @@ pub enum ServerTrust {
 /// A TLS 1.3 client config with `trust`, presenting `id` when given.
 pub fn client_config(trust: ServerTrust, id: Option<Identity>) -> Result<ClientConfig, TlsError> {
     let p = provider();
-    let verifier = Arc::new(Verifier::new(trust, p.clone())?);
+    let verifier = ferry_certcheck::Verifier::new(Verifier::new(trust, p.clone())?, p.clone());
     let b = ClientConfig::builder_with_provider(p)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(cfg_err)?
@@ -188,8 +189,8 @@ impl Verifier {
     }
 }
 
-impl ServerCertVerifier for Verifier {
-    fn verify_server_cert(
+impl CertCheck for Verifier {
+    fn check(
         &self,
         ee: &CertificateDer<'_>,
         inter: &[CertificateDer<'_>],
@@ -226,39 +227,5 @@ impl ServerCertVerifier for Verifier {
             }
             Anchor::Any => Ok(ServerCertVerified::assertion()),
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }

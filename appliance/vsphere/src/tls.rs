@@ -8,11 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
+use ferry_certcheck::{CertCheck, Verifier};
+use rustls::client::danger::ServerCertVerified;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
 
 use crate::error::VsphereError;
@@ -72,11 +72,10 @@ pub(crate) type SharedPin = Arc<Mutex<PinState>>;
 #[derive(Debug)]
 pub(crate) struct PinVerifier {
     state: Arc<Mutex<PinState>>,
-    provider: Arc<CryptoProvider>,
 }
 
 impl PinVerifier {
-    fn check(&self, der: &[u8]) -> Result<(), rustls::Error> {
+    fn check_der(&self, der: &[u8]) -> Result<(), rustls::Error> {
         let got = thumbprint_of(der);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match st.pinned {
@@ -115,8 +114,8 @@ impl PinVerifier {
     }
 }
 
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
+impl CertCheck for PinVerifier {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
@@ -124,42 +123,8 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity.as_ref())?;
+        self.check_der(end_entity.as_ref())?;
         Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -209,10 +174,12 @@ pub(crate) fn client_config(
     let state = Arc::new(Mutex::new(state));
     let cfg = builder
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinVerifier {
-            state: state.clone(),
+        .with_custom_certificate_verifier(Verifier::new(
+            PinVerifier {
+                state: state.clone(),
+            },
             provider,
-        }))
+        ))
         .with_no_client_auth();
     Ok((cfg, Some(state)))
 }
@@ -263,11 +230,10 @@ mod tests {
         let (_, st) = client_config(&Trust::TrustOnFirstUse(f.clone())).unwrap();
         let v = PinVerifier {
             state: st.clone().unwrap(),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
         };
-        v.check(b"cert one").unwrap();
-        v.check(b"cert one").unwrap();
-        assert!(v.check(b"cert two").is_err());
+        v.check_der(b"cert one").unwrap();
+        v.check_der(b"cert one").unwrap();
+        assert!(v.check_der(b"cert two").is_err());
         let stored = parse_thumbprint(&std::fs::read_to_string(&f).unwrap()).unwrap();
         assert_eq!(stored, thumbprint_of(b"cert one"));
         assert!(take_mismatch(&st.unwrap()).is_some());
@@ -275,8 +241,7 @@ mod tests {
         let (_, st2) = client_config(&Trust::TrustOnFirstUse(f)).unwrap();
         let v2 = PinVerifier {
             state: st2.unwrap(),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
         };
-        assert!(v2.check(b"cert two").is_err());
+        assert!(v2.check_der(b"cert two").is_err());
     }
 }

@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use ferry_certcheck::{AnyCert, CertCheck, Verifier};
+use rustls::client::danger::ServerCertVerified;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -405,14 +405,13 @@ pub struct Response {
 }
 
 /// Accepts any certificate (the agent's is self-signed) but remembers it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Recording {
-    provider: Arc<rustls::crypto::CryptoProvider>,
     seen: Mutex<Option<Vec<u8>>>,
 }
 
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
+impl CertCheck for Recording {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
@@ -423,50 +422,13 @@ impl ServerCertVerifier for Recording {
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(end_entity.to_vec());
         Ok(ServerCertVerified::assertion())
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// One HTTPS request on 127.0.0.1:`port` (TLS 1.2 or 1.3 offered, so the
 /// test can see that the agent picks 1.3).
 pub fn https_request(port: u16, method: &str, path: &str) -> anyhow::Result<Response> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(Recording {
-        provider: provider.clone(),
-        seen: Mutex::new(None),
-    });
+    let verifier = Verifier::new(Recording::default(), provider.clone());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -505,6 +467,7 @@ pub fn https_request(port: u16, method: &str, path: &str) -> anyhow::Result<Resp
         body.to_string()
     };
     let cert = verifier
+        .check()
         .seen
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -521,14 +484,10 @@ pub fn https_request(port: u16, method: &str, path: &str) -> anyhow::Result<Resp
 /// Tries a TLS 1.2-only handshake; returns Ok(()) if the server refuses it.
 pub fn tls12_is_refused(port: u16) -> anyhow::Result<()> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(Recording {
-        provider: provider.clone(),
-        seen: Mutex::new(None),
-    });
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS12])?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
+        .with_custom_certificate_verifier(Verifier::new(AnyCert, provider))
         .with_no_client_auth();
     let mut conn =
         rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from("ferry-agent")?)?;
