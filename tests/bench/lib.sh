@@ -55,7 +55,7 @@ timed() {
     echo "$name failed:"; tail -20 "$W/$name.log"; exit 1; }
   local user sys rss
   read -r WALL user sys rss <"$W/time.txt"
-  CPU=$(echo "$user + $sys" | bc)
+  CPU=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
   MBS=$(echo "scale=1; $LOGICAL / 1000000 / $WALL" | bc)
   RSS_MIB=$(( rss / 1024 ))
 }
