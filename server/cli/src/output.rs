@@ -35,6 +35,21 @@ impl ProgressHandle {
     }
 }
 
+/// Prints one line on stdout. A reader that went away (`ferry list | head`) ends the
+/// process quietly with 0, as for other Unix tools: the work is done and only its report was
+/// not wanted (`println!` would panic). Other write errors (a full disk) still say so.
+fn print_line(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{s}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("ferry: cannot write the result: {e}");
+        std::process::exit(1);
+    }
+}
+
 impl Reporter {
     /// A reporter; `json` selects machine output.
     pub fn new(json: bool) -> Self {
@@ -50,11 +65,11 @@ impl Reporter {
     pub fn result<T: Serialize + ?Sized>(&self, value: &T, text: impl FnOnce() -> String) {
         if self.json {
             match serde_json::to_string_pretty(value) {
-                Ok(s) => println!("{s}"),
+                Ok(s) => print_line(&s),
                 Err(e) => eprintln!("ferry: cannot encode JSON: {e}"),
             }
         } else {
-            println!("{}", text());
+            print_line(&text());
         }
     }
 

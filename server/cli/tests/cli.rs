@@ -71,6 +71,31 @@ fn relative_repository_path() {
     ok(&run(&["list"]));
 }
 
+/// `ferry list | head`: a reader that closed its end is not an error and no panic
+/// (`println!` panicked on EPIPE). The reader is closed before ferry starts, so the first
+/// write fails every time.
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok(&ferry(&repo, &["repo", "init"]));
+    for args in [&["list"][..], &["--json", "list"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--repo")
+            .arg(&repo)
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {} {err}", out.status);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn errors_a_person_can_act_on() {
     let dir = tempfile::tempdir().unwrap();
