@@ -52,16 +52,32 @@ run() {
 reposize() { du -sb "$1" | cut -f1; }
 
 # ferry
+# Restores start with the repository out of the page cache, for every tool alike: a real
+# restore reads a repository written days before, and ferry writes its chunks around the
+# cache (O_DIRECT) while restic and borg leave theirs in it.
+uncache() {
+  python3 - "$1" <<'PY'
+import os, sys
+for d, _, files in os.walk(sys.argv[1]):
+    for f in files:
+        fd = os.open(os.path.join(d, f), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+PY
+}
+
 for _ in $(seq "$RUNS"); do
   rm -rf "$W/ferry"; "$FERRY" --repo "$W/ferry" repo init >/dev/null
   run ferry full "$FERRY" --repo "$W/ferry" backup --source "$W/disk.raw" --name disk
 done
 S_ferry=$(reposize "$W/ferry")
-FULL_ID=$("$FERRY" --repo "$W/ferry" --json list | grep -m1 '"id"' | sed 's/.*"id": "\(.*\)".*/\1/')
+"$FERRY" --repo "$W/ferry" --json list >"$W/list.json"
+FULL_ID=$(grep -m1 '"id"' "$W/list.json" | sed 's/.*"id": "\(.*\)".*/\1/')
 run ferry inc-map "$FERRY" --repo "$W/ferry" backup --source "$W/disk-mod.raw" --name disk --parent "$FULL_ID" --changed-extents "$W/changed.txt"
 run ferry inc-nomap "$FERRY" --repo "$W/ferry" backup --source "$W/disk-mod.raw" --name disk --parent "$FULL_ID"
 for _ in $(seq "$RUNS"); do
   rm -f "$W/ferry-restored.raw"
+  uncache "$W/ferry"
   run ferry restore "$FERRY" --repo "$W/ferry" restore "$FULL_ID" --target "$W/ferry-restored.raw"
 done
 cmp "$W/disk.raw" "$W/ferry-restored.raw" || { echo "ferry restore differs"; exit 1; }
@@ -72,7 +88,8 @@ for _ in $(seq "$RUNS"); do
   rm -rf "$W/ferry1m"; "$FERRY" --repo "$W/ferry1m" repo init --chunk-size 1M >/dev/null
   run ferry1m full "$FERRY" --repo "$W/ferry1m" backup --source "$W/disk.raw" --name disk
 done
-FULL1M_ID=$("$FERRY" --repo "$W/ferry1m" --json list | grep -m1 '"id"' | sed 's/.*"id": "\(.*\)".*/\1/')
+"$FERRY" --repo "$W/ferry1m" --json list >"$W/list.json"
+FULL1M_ID=$(grep -m1 '"id"' "$W/list.json" | sed 's/.*"id": "\(.*\)".*/\1/')
 run ferry1m inc-map "$FERRY" --repo "$W/ferry1m" backup --source "$W/disk-mod.raw" --name disk --parent "$FULL1M_ID" --changed-extents "$W/changed.txt"
 rm -rf "$W/ferry1m"
 
@@ -85,6 +102,7 @@ S_restic=$(reposize "$W/restic")
 run restic inc-nomap restic -r "$W/restic" backup -q "$W/disk-mod.raw"
 for _ in $(seq "$RUNS"); do
   rm -rf "$W/restic-out"; mkdir -p "$W/restic-out"
+  uncache "$W/restic"
   run restic restore restic -r "$W/restic" restore latest --path "$W/disk.raw" --target "$W/restic-out"
 done
 rm -rf "$W/restic-out"
@@ -98,6 +116,7 @@ S_borg=$(reposize "$W/borg")
 run -C "$W" borg inc-nomap borg create --compression zstd,3 "$W/borg::inc" disk-mod.raw
 for _ in $(seq "$RUNS"); do
   rm -rf "$W/borg-out"; mkdir -p "$W/borg-out"
+  uncache "$W/borg"
   run -C "$W/borg-out" borg restore borg extract --sparse "$W/borg::full"
 done
 cmp "$W/disk.raw" "$W/borg-out/disk.raw" || { echo "borg restore differs"; exit 1; }
