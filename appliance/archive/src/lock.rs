@@ -303,14 +303,12 @@ mod tests {
         assert!(store.list("locks/").await.unwrap().is_empty());
     }
 
-    #[tokio::test]
-    async fn lock_of_dead_process_is_stale() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().to_path_buf()));
-        // A pid far above pid_max cannot exist.
+    /// Writes `locks/dead`: a fresh lock of this host held by a pid that cannot exist
+    /// (far above pid_max), so only the dead-process rule makes it stale.
+    async fn put_dead_lock(store: &dyn Store, kind: LockKind, purpose: &str) {
         let info = LockInfo {
-            kind: LockKind::Exclusive,
-            purpose: "gc".into(),
+            kind,
+            purpose: purpose.into(),
             host: hostname(),
             pid: 999_999_999,
             created: now_secs(),
@@ -323,6 +321,13 @@ mod tests {
             )
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn lock_of_dead_process_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().to_path_buf()));
+        put_dead_lock(store.as_ref(), LockKind::Exclusive, "gc").await;
         let l = RepoLock::acquire(store.clone(), LockKind::Shared, "b", Duration::ZERO)
             .await
             .unwrap();
@@ -377,21 +382,7 @@ mod tests {
             LocalStore::new(dir.path().to_path_buf()),
             "locks/dead",
         ));
-        let info = LockInfo {
-            kind: LockKind::Shared,
-            purpose: "backup".into(),
-            host: hostname(),
-            pid: 999_999_999,
-            created: now_secs(),
-            refreshed: now_secs(),
-        };
-        store
-            .put(
-                "locks/dead",
-                Bytes::from(format::encode_json(Kind::Lock, &info).unwrap()),
-            )
-            .await
-            .unwrap();
+        put_dead_lock(store.as_ref(), LockKind::Shared, "backup").await;
         // Shared with shared: no conflict, and no error for the refused removal.
         let l = RepoLock::acquire(store.clone(), LockKind::Shared, "b", Duration::ZERO)
             .await
