@@ -11,7 +11,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use ferry_api::node::{CatalogEntry, PruneDecision, PruneRequest};
+use ferry_api::node::CatalogEntry;
 use ferry_archive::Progress;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -79,18 +79,7 @@ async fn full_incremental_restore_verify_catalog_prune() {
     assert_eq!(all.len(), 2);
 
     // Retention on the node: keep the newest; the full point goes, the incremental restores.
-    let d: Vec<PruneDecision> = http(&w, &a1)
-        .post(format!("https://{}/v1/vaults/main/prune", node.addr))
-        .json(&PruneRequest {
-            keep_last: Some(1),
-            ..Default::default()
-        })
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d = prune_keep_last(&w, &node, &a1, "main", 1).await;
     assert_eq!(d.iter().filter(|d| !d.keep).count(), 1);
     assert_eq!(repo.list_point_ids().await.unwrap(), vec![incr.id.clone()]);
     let g = job(&w, &node, &admin, "main", "gc").await;

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ferry_api::node::{PruneDecision, PruneRequest};
 use ferry_archive::{BackupOptions, ChangedExtents, Manifest, Progress, Repository, ZERO_DIGEST};
 use ferry_tls::pki::Role;
 
@@ -241,18 +240,7 @@ async fn vmdk_restores_and_nbd_exports_from_a_node() {
     // readable until the export stops, and then they go.
     let admin = w.identity_of(&w.ca, Role::Admin, "root");
     let (mut server, uri) = serve_nbd(&url, &full, &dir);
-    let d: Vec<PruneDecision> = http(&w, &a1)
-        .post(format!("https://{}/v1/vaults/main/prune", node.addr))
-        .json(&PruneRequest {
-            keep_last: Some(1),
-            ..Default::default()
-        })
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d = prune_keep_last(&w, &node, &a1, "main", 1).await;
     assert_eq!(d.iter().filter(|d| !d.keep).count(), 1, "{d:?}");
     assert_eq!(repo.list_point_ids().await.unwrap(), vec![incr.id.clone()]);
     let chunks = w.chunk_count("main");

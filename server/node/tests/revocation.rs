@@ -174,21 +174,25 @@ async fn start_mgmt(state: &Path) -> (std::sync::Arc<ferry_mgmt::Mgmt>, String) 
     (mgmt, addr)
 }
 
+/// `node.toml` with one vault, `main`, granted to both agents; the revocation list is
+/// fetched every `every` seconds.
+fn write_two_agent_config(state: &Path, every: u64, a1_id: &str, a2_id: &str) {
+    std::fs::write(
+        state.join("node.toml"),
+        format!(
+            "revocation_every = {every}\n[[vault]]\nname = \"main\"\nchunk_size = 1048576\n\
+             [[grant]]\nidentity = \"agent-{a1_id}\"\nvaults = [\"main\"]\n\
+             [[grant]]\nidentity = \"agent-{a2_id}\"\nvaults = [\"main\"]\n"
+        ),
+    )
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revoked_agent_refused_by_the_node_others_kept() {
     let dir = tempfile::tempdir().unwrap();
     let mstate = dir.path().join("mgmt");
-    let mgmt = ferry_mgmt::Mgmt::open(ferry_mgmt::Options {
-        state_dir: mstate.clone(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        public_url: None,
-        collect_every: Duration::from_secs(3600),
-        license: None,
-    })
-    .unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mgmt_addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(ferry_mgmt::serve_on(mgmt.clone(), l));
+    let (mgmt, mgmt_addr) = start_mgmt(&mstate).await;
 
     let (a1_id, a1) = enroll_agent(&mgmt, &mgmt_addr, dir.path()).await;
     let (a2_id, a2) = enroll_agent(&mgmt, &mgmt_addr, dir.path()).await;
@@ -196,15 +200,7 @@ async fn revoked_agent_refused_by_the_node_others_kept() {
     // The node, enrolled by token; the list is fetched every second.
     let state = dir.path().join("node");
     std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(
-        state.join("node.toml"),
-        format!(
-            "revocation_every = 1\n[[vault]]\nname = \"main\"\nchunk_size = 1048576\n\
-             [[grant]]\nidentity = \"agent-{a1_id}\"\nvaults = [\"main\"]\n\
-             [[grant]]\nidentity = \"agent-{a2_id}\"\nvaults = [\"main\"]\n"
-        ),
-    )
-    .unwrap();
+    write_two_agent_config(&state, 1, &a1_id, &a2_id);
     let node_id = enroll_node(&mgmt, &mgmt_addr, &state, None).await;
     assert_eq!(
         ferry_node::revocation::mgmt_url(&state).unwrap(),
@@ -317,15 +313,7 @@ async fn pushed_revocation_applies_at_once_and_only_from_mgmt() {
     // serves on at enrollment, which is where the management server reaches it.
     let state = dir.path().join("node");
     std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(
-        state.join("node.toml"),
-        format!(
-            "revocation_every = 3600\n[[vault]]\nname = \"main\"\nchunk_size = 1048576\n\
-             [[grant]]\nidentity = \"agent-{a1_id}\"\nvaults = [\"main\"]\n\
-             [[grant]]\nidentity = \"agent-{a2_id}\"\nvaults = [\"main\"]\n"
-        ),
-    )
-    .unwrap();
+    write_two_agent_config(&state, 3600, &a1_id, &a2_id);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -324,6 +324,28 @@ pub async fn job(
     r.json().await.unwrap()
 }
 
+/// Retention on the node as `identity`: keep the newest `keep_last` points of `vault`.
+pub async fn prune_keep_last(
+    world: &World,
+    node: &NodeProc,
+    identity: &Path,
+    vault: &str,
+    keep_last: u32,
+) -> Vec<ferry_api::node::PruneDecision> {
+    http(world, identity)
+        .post(format!("https://{}/v1/vaults/{vault}/prune", node.addr))
+        .json(&ferry_api::node::PruneRequest {
+            keep_last: Some(keep_last),
+            ..Default::default()
+        })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// node.toml for the tests: vault `main` (1 MiB chunks), `other`, and `small` with a quota;
 /// agents `a1` and `a2` on main and small, `admin-root` admin everywhere.
 pub const CONFIG: &str = r#"
