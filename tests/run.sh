@@ -30,11 +30,15 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   cargo install --locked s3s-fs@0.14.1 --features binary
 fi
 
+t=$SECONDS
 cargo test --workspace --locked
+echo "== cargo test --workspace: $((SECONDS - t)) s"
 
 if [ "$SLOW" = 1 ]; then
   for s in tests/slow/*.sh; do
     echo "== $s"
+    t=$SECONDS
     bash "$s"
+    echo "== $s: $((SECONDS - t)) s"
   done
 fi
