@@ -307,11 +307,13 @@ pub trait Store: Send + Sync + Debug {
     }
 }
 
-/// Checks that a key is relative, normalized and made of safe characters.
+/// Checks that a key is relative, normalized and made of safe characters: `/`-separated
+/// segments of ASCII letters, digits, `-`, `_` and `.`, none empty, `.` or `..`, none a
+/// temporary (`.tmp…`). So no key is absolute, climbs out of the store's root, or holds a
+/// NUL, a backslash or a control character. The one rule for every object name: keys here,
+/// list prefixes through [`validate_prefix`].
 pub fn validate_key(key: &str) -> Result<(), StoreError> {
     let ok = !key.is_empty()
-        && !key.starts_with('/')
-        && !key.ends_with('/')
         && key.split('/').all(|part| {
             !part.is_empty()
                 && part != "."
@@ -326,6 +328,17 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
     } else {
         Err(StoreError::InvalidKey(key.to_string()))
     }
+}
+
+/// Checks a list prefix: empty (everything), or a key ([`validate_key`]) with an optional
+/// trailing `/` (`locks/`, `points/ID/`, `chunks/ab`). Backends join the directory part of a
+/// prefix onto their root, so a prefix is held to the same rule as a key.
+pub fn validate_prefix(prefix: &str) -> Result<(), StoreError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    validate_key(prefix.strip_suffix('/').unwrap_or(prefix))
+        .map_err(|_| StoreError::InvalidKey(prefix.to_string()))
 }
 
 /// Opens a store from a location with options from the environment
@@ -438,6 +451,91 @@ mod tests {
         ] {
             assert!(validate_key(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn prefixes_are_validated_as_keys() {
+        for good in ["", "locks/", "points/", "chunks/ab", "points/x/", "config"] {
+            validate_prefix(good).unwrap();
+        }
+        for bad in [
+            "/",
+            "//",
+            "/etc",
+            "locks/../../../../",
+            "locks/..",
+            "..",
+            "../",
+            "a//",
+            "a\\..\\b",
+            "a/\0",
+            "./",
+            "a/.tmp-x/",
+            "locks/../",
+        ] {
+            assert!(validate_prefix(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// Where a key (or prefix) would land under a root, by lexical resolution of its
+    /// segments; None when it climbs above the root or is absolute.
+    fn resolve(key: &str) -> Option<Vec<&str>> {
+        if key.starts_with('/') || key.contains('\\') || key.contains('\0') {
+            return None;
+        }
+        let mut out = Vec::new();
+        for seg in key.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    out.pop()?;
+                }
+                s => out.push(s),
+            }
+        }
+        Some(out)
+    }
+
+    /// Property: over random strings made of the characters that matter to paths, every
+    /// accepted key and prefix stays below the root, is relative, and names exactly the
+    /// path its text says (no segment is dropped or resolved away).
+    #[test]
+    fn no_accepted_key_or_prefix_leaves_the_root() {
+        const ALPHABET: &[u8] = b"a.-_/\\\0 :~%2e";
+        let mut rng = ferry_testkit::Rng::new(0x5eed);
+        let mut accepted = 0;
+        for _ in 0..200_000 {
+            let len = rng.below(14);
+            let s: String = (0..len)
+                .map(|_| char::from(ALPHABET[rng.below(ALPHABET.len() as u64) as usize]))
+                .collect();
+            for (ok, trailing_ok) in [
+                (validate_key(&s).is_ok(), false),
+                (validate_prefix(&s).is_ok(), true),
+            ] {
+                if !ok {
+                    continue;
+                }
+                accepted += 1;
+                let body = if trailing_ok {
+                    s.strip_suffix('/').unwrap_or(&s)
+                } else {
+                    &s
+                };
+                let segs = resolve(body).unwrap_or_else(|| panic!("{s:?} leaves the root"));
+                let literal: Vec<&str> = if body.is_empty() {
+                    Vec::new()
+                } else {
+                    body.split('/').collect()
+                };
+                assert_eq!(segs, literal, "{s:?} does not name what it says");
+                assert!(!s.contains(['\\', '\0', ' ', ':', '%']), "{s:?}");
+            }
+        }
+        assert!(
+            accepted > 1000,
+            "only {accepted} accepted: the test is too narrow"
+        );
     }
 
     #[tokio::test]

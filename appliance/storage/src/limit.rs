@@ -216,6 +216,7 @@ impl<B: Backend> Store for Limited<B> {
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        crate::validate_key(key)?;
         self.ready().await?;
         if let Some(t) = &self.throttle {
             t.take(data.len()).await;
@@ -225,6 +226,7 @@ impl<B: Backend> Store for Limited<B> {
     }
 
     async fn put_new(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        crate::validate_key(key)?;
         self.ready().await?;
         if let Some(t) = &self.throttle {
             t.take(data.len()).await;
@@ -234,6 +236,7 @@ impl<B: Backend> Store for Limited<B> {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        crate::validate_key(key)?;
         self.ready().await?;
         let data = self.run("get", key, || self.inner.get(key)).await?;
         if let Some(t) = &self.throttle {
@@ -243,16 +246,20 @@ impl<B: Backend> Store for Limited<B> {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        crate::validate_key(key)?;
         self.ready().await?;
         self.run("exists", key, || self.inner.exists(key)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        // Remote backends build paths from keys and prefixes: checked once here for all.
+        crate::validate_prefix(prefix)?;
         self.ready().await?;
         self.run("list", prefix, || self.inner.list(prefix)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        crate::validate_key(key)?;
         self.ready().await?;
         self.run("delete", key, || self.inner.delete(key)).await
     }

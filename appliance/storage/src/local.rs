@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::{validate_key, ObjectInfo, Store, StoreError};
+use crate::{validate_key, validate_prefix, ObjectInfo, Store, StoreError};
 
 /// A store in a local directory (or any mounted filesystem).
 #[derive(Debug, Clone)]
@@ -192,6 +192,8 @@ impl LocalStore {
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        // The directory part is joined onto the root: `..` or `/` would walk outside it.
+        validate_prefix(prefix)?;
         // Start the walk at the deepest directory named completely by the prefix.
         let dir_part = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
@@ -480,6 +482,64 @@ mod tests {
         s.delete("a/b/c").await.unwrap();
         s.delete("a/b/c").await.unwrap();
         assert!(s.get("a/b/c").await.unwrap_err().is_not_found());
+    }
+
+    /// Defence in depth: whatever a caller forgot to check, no key or prefix reads, writes,
+    /// lists or deletes outside the root.
+    #[tokio::test]
+    async fn nothing_outside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("secret"), b"outside").unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/x"), b"outside").unwrap();
+        let s = LocalStore::new(dir.path().join("repo"));
+        s.put("locks/l", Bytes::from_static(b"in")).await.unwrap();
+        for p in [
+            "locks/../../",
+            "locks/../..",
+            "../",
+            "..",
+            "/",
+            "/tmp/",
+            "locks//",
+            "locks\\..\\..\\",
+            "locks/\0",
+        ] {
+            let e = s.list(p).await.unwrap_err();
+            assert!(matches!(e, StoreError::InvalidKey(_)), "{p:?}: {e}");
+        }
+        for k in [
+            "../secret",
+            "locks/../../secret",
+            "/etc/passwd",
+            "../sub/x",
+            "a\0",
+        ] {
+            assert!(
+                matches!(s.get(k).await, Err(StoreError::InvalidKey(_))),
+                "{k}"
+            );
+            assert!(
+                matches!(s.exists(k).await, Err(StoreError::InvalidKey(_))),
+                "{k}"
+            );
+            assert!(
+                matches!(s.delete(k).await, Err(StoreError::InvalidKey(_))),
+                "{k}"
+            );
+            let b = Bytes::from_static(b"x");
+            assert!(
+                matches!(s.put(k, b.clone()).await, Err(StoreError::InvalidKey(_))),
+                "{k}"
+            );
+            assert!(
+                matches!(s.put_new(k, b).await, Err(StoreError::InvalidKey(_))),
+                "{k}"
+            );
+        }
+        assert_eq!(fs::read(dir.path().join("secret")).unwrap(), b"outside");
+        assert_eq!(fs::read(dir.path().join("sub/x")).unwrap(), b"outside");
+        assert_eq!(s.list("locks/").await.unwrap().len(), 1);
     }
 
     #[tokio::test]
