@@ -1,24 +1,104 @@
-//! The HTTPS accept loop: tokio-rustls in front of hyper and axum.
+//! The HTTPS accept loop: tokio-rustls in front of hyper and axum, and what keeps one
+//! client from exhausting it.
 //!
 //! Each request carries a [`Peer`] extension: the TCP peer and the SHA-256 of the client
 //! certificate it presented (already verified against the configured CA by rustls). The
 //! server config comes from a `watch` channel, read at every accept, so a new config (the
 //! agent after registration) applies to the next connection without a restart.
+//!
+//! # Limits ([`Limits`])
+//! Port 9876 is reachable by anyone on the appliance's network, so every connection is
+//! bounded before it costs more than a socket:
+//! - a global cap on open connections (a connection over it is closed at accept);
+//! - a cap per client address (per /64 for IPv6) on connections that have not presented a
+//!   verified client certificate: a flood of idle sockets from one host takes only its own
+//!   slots, while mTLS clients (admins, agents, the management server) count only against
+//!   the global cap;
+//! - a TLS handshake timeout, a header-read timeout that also closes idle keep-alive
+//!   connections, and an idle timeout on any read or write that makes no progress (a
+//!   slowloris body, a client that stops reading its answer);
+//! - at most 64 KiB of request head and 100 headers (hyper answers 431 past them);
+//! - TCP keepalive, so a peer that vanished frees its slot.
+//!
+//! Request bodies are capped per route by the routers (`DefaultBodyLimit`).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::{Extension, Router};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{dns_names, sha256_hex};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What one listener allows.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open connections in all.
+    pub max_connections: usize,
+    /// Open connections per client address (IPv6: per /64) without a verified client
+    /// certificate, handshakes included.
+    pub max_unauthenticated_per_address: usize,
+    /// Time from accept to a finished TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time to receive a whole request head, also while a kept-alive connection is idle.
+    pub header_read_timeout: Duration,
+    /// A read or write that makes no progress for this long closes the connection.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 512,
+            max_unauthenticated_per_address: 32,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, with `FERRY_MAX_CONNECTIONS`, `FERRY_MAX_CONNECTIONS_PER_ADDRESS`,
+    /// `FERRY_HANDSHAKE_TIMEOUT`, `FERRY_HEADER_TIMEOUT` and `FERRY_IDLE_TIMEOUT` (seconds)
+    /// applied where set and valid.
+    pub fn from_env() -> Self {
+        let mut l = Limits::default();
+        let num = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let Some(n) = num("FERRY_MAX_CONNECTIONS").filter(|n| *n > 0) {
+            l.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = num("FERRY_MAX_CONNECTIONS_PER_ADDRESS").filter(|n| *n > 0) {
+            l.max_unauthenticated_per_address = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        for (k, d) in [
+            ("FERRY_HANDSHAKE_TIMEOUT", &mut l.handshake_timeout),
+            ("FERRY_HEADER_TIMEOUT", &mut l.header_read_timeout),
+            ("FERRY_IDLE_TIMEOUT", &mut l.idle_timeout),
+        ] {
+            if let Some(n) = num(k).filter(|n| *n > 0) {
+                *d = Duration::from_secs(n);
+            }
+        }
+        l
+    }
+}
 
 /// Who is on the other side of a request.
 #[derive(Debug, Clone)]
@@ -31,12 +111,169 @@ pub struct Peer {
     pub names: Vec<String>,
 }
 
-/// Accepts connections on `listener` until the task is dropped.
+/// The key a client address is counted under: the address, or its /64 for IPv6 (one host
+/// usually has a whole /64 to pick from).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((v6.to_bits() & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+/// Connections without a verified client certificate, per address key.
+#[derive(Debug, Default)]
+struct PerAddress {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One unauthenticated slot of an address; given back on drop.
+#[derive(Debug)]
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        let key = address_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A stream whose reads and writes fail with `TimedOut` when neither made progress for
+/// `idle`. hyper has no body-read or write timeout of its own.
+#[derive(Debug)]
+struct IdleTimeout<S> {
+    inner: S,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(inner: S, idle: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    fn progress(&mut self) {
+        self.deadline.as_mut().reset(Instant::now() + self.idle);
+    }
+
+    /// After a pending read or write: an error once the deadline has passed.
+    fn check(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection idle for too long",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.progress();
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.check(cx).map(Err),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.progress();
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.check(cx).map(Err),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => this.check(cx).map(Err),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+fn keepalive(tcp: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        tracing::debug!("TCP keepalive: {e}");
+    }
+}
+
+/// Accepts connections on `listener` until the task is dropped, with [`Limits::from_env`].
 pub async fn serve(
     listener: TcpListener,
     tls: watch::Receiver<Arc<rustls::ServerConfig>>,
     app: Router,
 ) {
+    serve_with(listener, tls, app, Limits::from_env()).await
+}
+
+/// Accepts connections on `listener` until the task is dropped.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+    app: Router,
+    limits: Limits,
+) {
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
+    let limits = Arc::new(limits);
+    let mut refused_logged = Instant::now() - Duration::from_secs(60);
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -47,40 +284,89 @@ pub async fn serve(
                 continue;
             }
         };
+        // Over a limit: close at once (the peer sees a reset or EOF), and say so at most
+        // once a minute so a flood cannot fill the log either.
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            if refused_logged.elapsed() >= Duration::from_secs(60) {
+                tracing::warn!(
+                    "refusing connections: {} open (the limit)",
+                    limits.max_connections
+                );
+                refused_logged = Instant::now();
+            }
+            continue;
+        };
+        let Some(slot) = per_address.take(addr.ip(), limits.max_unauthenticated_per_address) else {
+            if refused_logged.elapsed() >= Duration::from_secs(60) {
+                tracing::warn!(
+                    "refusing connections from {}: {} without a client certificate open",
+                    addr.ip(),
+                    limits.max_unauthenticated_per_address
+                );
+                refused_logged = Instant::now();
+            }
+            continue;
+        };
+        keepalive(&tcp);
         let acceptor = TlsAcceptor::from(tls.borrow().clone());
         let app = app.clone();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!("TLS handshake with {addr}: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("TLS handshake with {addr} timed out");
-                    return;
-                }
-            };
-            let leaf = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first());
-            let cert_sha256 = leaf.map(|c| sha256_hex(c.as_ref()));
-            let names = leaf.map(|c| dns_names(c.as_ref())).unwrap_or_default();
-            let peer = Peer {
-                addr,
-                cert_sha256,
-                names,
-            };
-            let svc = TowerToHyperService::new(app.layer(Extension(peer)));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!("connection from {addr}: {e}");
-            }
-        });
+        let limits = limits.clone();
+        tokio::spawn(connection(tcp, addr, acceptor, app, limits, permit, slot));
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: Router,
+    limits: Arc<Limits>,
+    _permit: OwnedSemaphorePermit,
+    slot: AddressSlot,
+) {
+    let tcp = IdleTimeout::new(tcp, limits.idle_timeout);
+    let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake with {addr}: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake with {addr} timed out");
+            return;
+        }
+    };
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first());
+    let cert_sha256 = leaf.map(|c| sha256_hex(c.as_ref()));
+    let names = leaf.map(|c| dns_names(c.as_ref())).unwrap_or_default();
+    // A verified client certificate: this connection no longer counts against its
+    // address (many agents behind one NAT, a CLI's connection pool).
+    let _slot = if cert_sha256.is_some() {
+        drop(slot);
+        None
+    } else {
+        Some(slot)
+    };
+    let peer = Peer {
+        addr,
+        cert_sha256,
+        names,
+    };
+    let svc = TowerToHyperService::new(app.layer(Extension(peer)));
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(64 * 1024)
+        .max_header_size(64 * 1024)
+        .max_headers(100)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+    {
+        tracing::debug!("connection from {addr}: {e}");
     }
 }
 

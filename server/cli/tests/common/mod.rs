@@ -35,8 +35,20 @@ pub fn serve_mgmt(
     extra: &[&str],
     stderr: impl Into<Stdio>,
 ) -> ServedMgmt {
+    serve_mgmt_env(state, listen, extra, stderr, &[])
+}
+
+/// [`serve_mgmt`] with extra environment variables for the server.
+pub fn serve_mgmt_env(
+    state: &Path,
+    listen: &str,
+    extra: &[&str],
+    stderr: impl Into<Stdio>,
+    env: &[(&str, &str)],
+) -> ServedMgmt {
     let mut child = Command::new(FERRY)
         .args(["mgmt", "serve", "--listen", listen])
+        .envs(env.iter().copied())
         .args(extra)
         .arg("--state")
         .arg(state)
