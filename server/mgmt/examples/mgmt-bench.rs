@@ -53,6 +53,10 @@ async fn main() {
         ])
         .arg("--state")
         .arg(&state)
+        // The simulated agents all enroll at once from one address, which the listener
+        // otherwise caps at 32 connections without a client certificate.
+        .env("FERRY_MAX_CONNECTIONS_PER_ADDRESS", "100000")
+        .env("FERRY_MAX_CONNECTIONS", "100000")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
