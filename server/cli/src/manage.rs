@@ -463,11 +463,16 @@ pub async fn mgmt(cmd: &MgmtCmd, rep: &Reporter) -> anyhow::Result<ExitCode> {
             pairing_code,
             conn,
         }) => {
-            let a = conn.client()?.pair(address, pairing_code).await?;
-            rep.result(&a, || {
+            let p = conn
+                .client()?
+                .pair_with_fingerprint(address, pairing_code)
+                .await?;
+            let a = &p.agent;
+            rep.result(&p, || {
                 format!(
-                    "registered agent {} ({}) at {}",
-                    a.id, a.hostname, a.address
+                    "registered agent {} ({}) at {}\nappliance certificate sha256 {} \
+                     (compare it with the appliance console)",
+                    a.id, a.hostname, a.address, p.appliance_cert_sha256
                 )
             });
         }

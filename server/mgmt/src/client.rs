@@ -207,6 +207,16 @@ impl AdminClient {
 
     /// Pairs with the agent at `address` using the code on its console.
     pub async fn pair(&self, address: &str, code: &str) -> Result<AgentInfo, MgmtError> {
+        Ok(self.pair_with_fingerprint(address, code).await?.agent)
+    }
+
+    /// Like [`AdminClient::pair`], with the SHA-256 of the certificate the appliance
+    /// presented, for the admin to compare with its console.
+    pub async fn pair_with_fingerprint(
+        &self,
+        address: &str,
+        code: &str,
+    ) -> Result<crate::wire::Paired, MgmtError> {
         self.send(
             reqwest::Method::POST,
             "/v1/agents/pair",

@@ -152,7 +152,11 @@ pub struct Mgmt {
     clients: std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>,
     /// The revocation list version each agent has acknowledged (since this start).
     pub(crate) revocations_pushed: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// One lock per agent, held by the sync or collection running for it.
+    syncing: std::sync::Mutex<SyncLocks>,
 }
+
+type SyncLocks = std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>;
 
 /// Now in Unix seconds.
 pub fn now() -> i64 {
@@ -252,6 +256,7 @@ impl Mgmt {
             license,
             clients: std::sync::Mutex::new(std::collections::HashMap::new()),
             revocations_pushed: std::sync::Mutex::new(std::collections::HashMap::new()),
+            syncing: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -367,6 +372,16 @@ impl Mgmt {
             expires_unix: now + i64::from(svc.days) * 86400,
             agent_id: Some(agent_id.to_string()),
         })?))
+    }
+
+    /// The lock a sync or collection for agent `id` holds: at most one runs per agent.
+    pub fn sync_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.syncing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
     }
 
     pub(crate) fn agent_client(&self, id: &str) -> Result<reqwest::Client, MgmtError> {

@@ -18,7 +18,7 @@ use ferry_tls::serve::Peer;
 use serde::Deserialize;
 
 use crate::db::TokenCheck;
-use crate::wire::{AdminCreate, AdminCreated, AdminInfo};
+use crate::wire::{AdminCreate, AdminCreated, AdminInfo, Paired};
 use crate::{agents, now, random_hex, sha256_str, Mgmt, MgmtError};
 
 /// An error answer.
@@ -143,7 +143,7 @@ async fn enroll(
     let id = random_hex(8);
     // Check the CSR before spending the token.
     let cert_pem =
-        m.ca.sign_csr(&req.csr_pem, Role::Agent, &id, 825)
+        m.ca.sign_csr(&req.csr_pem, Role::Agent, &id, agents::CERT_DAYS)
             .map_err(|e| Fail(StatusCode::BAD_REQUEST, e.to_string()))?;
     match m.db.redeem_token(tid, &sha256_str(secret), now(), &id)? {
         TokenCheck::Ok => {}
@@ -202,12 +202,7 @@ async fn hello(
         tracing::info!("agent {} moved from {} to {address}", a.id, a.address);
     }
     m.db.agent_hello(&a.id, &h, &address, now())?;
-    let (m2, id) = (m.clone(), a.id.clone());
-    tokio::spawn(async move {
-        if let Err(e) = agents::sync_agent(&m2, &id).await {
-            tracing::debug!("sync after hello of {id}: {e}");
-        }
-    });
+    agents::spawn_sync(&m, &a.id, "after hello");
     Ok(Json(HelloResponse {
         agent_id: a.id,
         address,
@@ -304,16 +299,19 @@ async fn agents_list(
     Ok(Json(m.db.agents()?))
 }
 
-async fn pair(
-    State(m): State<Arc<Mgmt>>,
-    Extension(peer): Extension<Peer>,
-    b: Bytes,
-) -> R<AgentInfo> {
+async fn pair(State(m): State<Arc<Mgmt>>, Extension(peer): Extension<Peer>, b: Bytes) -> R<Paired> {
     let who = admin(&m, &peer)?;
     let req: PairRequest = body(&b)?;
-    let a = agents::pair(&m, &req.address, &req.code).await?;
-    tracing::info!("audit: admin {who} paired agent {} at {}", a.id, a.address);
-    Ok(Json(a))
+    let (a, leaf) = agents::pair(&m, &req.address, &req.code).await?;
+    tracing::info!(
+        "audit: admin {who} paired agent {} at {} (appliance certificate sha256 {leaf})",
+        a.id,
+        a.address
+    );
+    Ok(Json(Paired {
+        agent: a,
+        appliance_cert_sha256: leaf,
+    }))
 }
 
 fn known_agent(m: &Mgmt, id: &str) -> Result<AgentInfo, Fail> {
@@ -435,6 +433,8 @@ async fn collect_now(
 ) -> R<ferry_api::v1::CollectReport> {
     admin(&m, &peer)?;
     let a = known_agent(&m, &id)?;
+    // Waits for a sync that is running (rounds are bounded), rather than racing it.
+    let _guard = m.sync_lock(&id).lock_owned().await;
     Ok(Json(agents::collect(&m, &a).await?))
 }
 

@@ -37,6 +37,17 @@ pub struct AdminCreated {
     pub ca_pem: String,
 }
 
+/// The answer to `POST /v1/agents/pair`: the registry entry, and the SHA-256 of the
+/// certificate the appliance presented while pairing (its console shows the same figure).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Paired {
+    /// The registry entry.
+    #[serde(flatten)]
+    pub agent: ferry_api::v1::AgentInfo,
+    /// SHA-256 (lowercase hex) of the appliance's TLS certificate at pairing.
+    pub appliance_cert_sha256: String,
+}
+
 /// Checks an admin name: 1 to 32 of `a-z`, `0-9` and `-`, starting with a letter or digit.
 pub fn check_admin_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
