@@ -3,11 +3,15 @@
 //! (`FERRY_LICENSE`: the license JSON, with `FERRY_LICENSE_ISSUER`: the issuer's public key
 //! in hex). Licensing is required as soon as an issuer is trusted; then jobs without a
 //! valid license are refused with the reason. Kept in `<state>/license/`.
+//!
+//! A license issued to an agent (`terms.agent_id`) is valid only on the agent of that id, as
+//! the saved registration names it: one copied from another appliance is refused when
+//! installed and reported invalid when found on disk or in the config.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ferry_api::v1::{License, LicenseState};
+use ferry_api::v1::{License, LicenseState, LicenseTerms};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -19,6 +23,7 @@ struct Inner {
 #[derive(Debug)]
 pub struct LicenseStore {
     dir: PathBuf,
+    state_dir: PathBuf,
     inner: Mutex<Inner>,
 }
 
@@ -51,8 +56,19 @@ impl LicenseStore {
         }
         LicenseStore {
             dir,
+            state_dir: state_dir.to_path_buf(),
             inner: Mutex::new(inner),
         }
+    }
+
+    /// This agent's id from its saved registration (read each time: registration happens
+    /// while the agent runs).
+    fn own_id(&self) -> Option<String> {
+        crate::registration::load(&self.state_dir).map(|(s, _)| s.agent_id)
+    }
+
+    fn verify(&self, l: &License, trusted: &[String], now: i64) -> Result<LicenseTerms, String> {
+        ferry_tls::license::verify(l, trusted, now, self.own_id().as_deref())
     }
 
     fn save(&self, i: &Inner) {
@@ -80,7 +96,7 @@ impl LicenseStore {
     /// Installs a license if it verifies against a trusted issuer.
     pub fn install(&self, l: License) -> Result<LicenseState, String> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        ferry_tls::license::verify(&l, &g.trusted, ferry_api::now_unix())?;
+        self.verify(&l, &g.trusted, ferry_api::now_unix())?;
         g.license = Some(l);
         self.save(&g);
         drop(g);
@@ -100,7 +116,7 @@ impl LicenseStore {
         let half = t
             .issued_unix
             .saturating_add(t.expires_unix.saturating_sub(t.issued_unix) / 2);
-        now >= half || ferry_tls::license::verify(l, &g.trusted, now).is_err()
+        now >= half || self.verify(l, &g.trusted, now).is_err()
     }
 
     /// The state for status and for the job gate.
@@ -121,7 +137,7 @@ impl LicenseStore {
                 reason: Some("no license installed".into()),
                 terms: None,
             },
-            Some(l) => match ferry_tls::license::verify(l, &g.trusted, ferry_api::now_unix()) {
+            Some(l) => match self.verify(l, &g.trusted, ferry_api::now_unix()) {
                 Ok(t) => LicenseState {
                     required: true,
                     valid: true,
@@ -142,7 +158,24 @@ impl LicenseStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_api::v1::LicenseTerms;
+
+    /// Saves a registration as agent `id`, as registration does.
+    fn register(state: &Path, id: &str) {
+        let d = state.join("mgmt");
+        std::fs::create_dir_all(&d).unwrap();
+        let saved = crate::registration::Saved {
+            agent_id: id.into(),
+            mgmt_url: None,
+            ca_sha256: String::new(),
+            registered_unix: 0,
+        };
+        std::fs::write(
+            d.join("registration.json"),
+            serde_json::to_vec(&saved).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(d.join("ca.pem"), "").unwrap();
+    }
 
     fn terms(issued: i64, expires: i64) -> LicenseTerms {
         LicenseTerms {
@@ -159,6 +192,7 @@ mod tests {
     #[test]
     fn renews_only_past_half_life_or_when_invalid() {
         let dir = tempfile::tempdir().unwrap();
+        register(dir.path(), "agent-1");
         let store = LicenseStore::open(dir.path());
         let issuer = ferry_tls::license::Issuer::generate();
         let now = ferry_api::now_unix();
@@ -181,6 +215,33 @@ mod tests {
         assert!(
             !store.wants_renewal(),
             "a license from the config has no service"
+        );
+    }
+
+    #[test]
+    fn a_license_of_another_agent_is_not_valid_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LicenseStore::open(dir.path());
+        let issuer = ferry_tls::license::Issuer::generate();
+        let now = ferry_api::now_unix();
+        store.install_from_mgmt(issuer.sign(terms(now - 60, now + 86_400)).unwrap());
+        let st = store.state();
+        assert!(!st.valid, "not registered yet: {st:?}");
+        register(dir.path(), "agent-2");
+        let st = store.state();
+        assert!(!st.valid && st.reason.as_deref().unwrap_or("").contains("agent-1"));
+        assert!(store.wants_renewal());
+        let mut mine = terms(now - 60, now + 86_400);
+        mine.agent_id = Some("agent-2".into());
+        store.install(issuer.sign(mine).unwrap()).unwrap();
+        assert!(store.state().valid);
+        let e = store
+            .install(issuer.sign(terms(now - 60, now + 86_400)).unwrap())
+            .unwrap_err();
+        assert!(e.contains("issued to agent agent-1"), "{e}");
+        assert_eq!(
+            store.state().terms.unwrap().agent_id.as_deref(),
+            Some("agent-2")
         );
     }
 }

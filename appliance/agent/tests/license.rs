@@ -3,7 +3,9 @@
 //!   agent was off, are renewed by the agent from the service (at its next hello: an
 //!   address change, or its start);
 //! - a license key given in the agent's config with no license service: valid (jobs run),
-//!   expired, or with a signature that does not verify (jobs refused, saying why).
+//!   expired, or with a signature that does not verify (jobs refused, saying why);
+//! - a valid license of the service issued to another agent, put on this agent, is refused
+//!   (422) and leaves its license as it was; one issued to it installs.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -129,6 +131,84 @@ async fn the_agent_renews_its_license_from_the_service() {
     assert!(s["license"]["terms"]["expires_unix"].as_i64().unwrap() > now + 29 * 86400);
     let logs = agent.stderr.lock().unwrap().clone();
     assert!(!logs.contains(&service.secret_hex()));
+    drop(agent);
+    mgmt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_license_issued_to_another_agent_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mgmt = Mgmt::start(&dir.path().join("mgmt"), 0, true).await;
+    let mgmt_addr = format!("127.0.0.1:{}", mgmt.port);
+    let token = mgmt.token(600).await;
+    let port = free_port();
+    let agent = Agent::start(
+        &dir.path().join("agent"),
+        port,
+        &[
+            ("FERRY_MGMT", mgmt_addr.as_str()),
+            ("FERRY_TOKEN", token.as_str()),
+        ],
+    )
+    .await;
+    let id = wait_for(30, "registered", || async {
+        mgmt.admin
+            .agents()
+            .await
+            .unwrap()
+            .first()
+            .map(|a| a.id.clone())
+    })
+    .await;
+    let http = mgmt.agent_http(&id);
+    let before = wait_for(10, "licensed", || async {
+        let s = status(&http, port).await?;
+        (s["license"]["valid"] == true).then_some(s)
+    })
+    .await;
+    let service =
+        Issuer::from_hex(&std::fs::read_to_string(dir.path().join("mgmt/license.key")).unwrap())
+            .unwrap();
+    let now = ferry_api::now_unix();
+    let put = |l: License| {
+        let http = http.clone();
+        async move {
+            http.put(format!("https://127.0.0.1:{port}/v1/license"))
+                .json(&l)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    // Signed by the trusted service key, valid, but issued to another appliance.
+    let foreign = service
+        .sign(terms(
+            "foreign",
+            Some("agent-elsewhere"),
+            now - 60,
+            now + 86400,
+        ))
+        .unwrap();
+    let r = put(foreign).await;
+    assert_eq!(r.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("issued to agent agent-elsewhere"), "{why}");
+    let after = status(&http, port).await.unwrap();
+    assert_eq!(
+        after["license"], before["license"],
+        "the license is unchanged"
+    );
+
+    // One issued to this agent installs.
+    let own = service
+        .sign(terms("own", Some(&id), now - 60, now + 86400))
+        .unwrap();
+    let r = put(own).await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let s = status(&http, port).await.unwrap();
+    assert_eq!(s["license"]["terms"]["id"], "own");
+    assert_eq!(s["license"]["valid"], true, "{s}");
     drop(agent);
     mgmt.stop().await;
 }

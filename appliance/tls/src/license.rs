@@ -1,4 +1,8 @@
 //! Signed licenses: ed25519 over the canonical JSON of [`LicenseTerms`].
+//!
+//! A license that names an agent (`agent_id`, as the license service issues them) is valid
+//! on that agent only, so it cannot be copied to other appliances. One without an agent id
+//! is a site license its issuer chose not to bind (given in an appliance's config).
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use ferry_api::v1::{License, LicenseTerms};
@@ -53,9 +57,15 @@ impl Issuer {
     }
 }
 
-/// Checks the signature against `trusted` issuer keys (hex) and the expiry; the terms on
-/// success, else why not.
-pub fn verify(lic: &License, trusted: &[String], now_unix: i64) -> Result<LicenseTerms, String> {
+/// Checks the signature against `trusted` issuer keys (hex), the expiry, and that a license
+/// bound to an agent is bound to `agent_id` (the verifier's own id, `None` when it has
+/// none yet); the terms on success, else why not.
+pub fn verify(
+    lic: &License,
+    trusted: &[String],
+    now_unix: i64,
+    agent_id: Option<&str>,
+) -> Result<LicenseTerms, String> {
     if !trusted
         .iter()
         .any(|k| k.eq_ignore_ascii_case(&lic.issuer_key))
@@ -83,6 +93,22 @@ pub fn verify(lic: &License, trusted: &[String], now_unix: i64) -> Result<Licens
             lic.terms.id, lic.terms.expires_unix
         ));
     }
+    // Checked after the signature, so the id named in the error is the signed one.
+    match (&lic.terms.agent_id, agent_id) {
+        (Some(bound), Some(me)) if bound != me => {
+            return Err(format!(
+                "the license {} was issued to agent {bound}, not to this agent ({me})",
+                lic.terms.id
+            ))
+        }
+        (Some(bound), None) => {
+            return Err(format!(
+                "the license {} was issued to agent {bound}, and this agent is not registered",
+                lic.terms.id
+            ))
+        }
+        _ => {}
+    }
     Ok(lic.terms.clone())
 }
 
@@ -102,14 +128,36 @@ mod tests {
             expires_unix: 1000,
             agent_id: None,
         };
-        let l = i.sign(terms).unwrap();
+        let l = i.sign(terms.clone()).unwrap();
         let keys = vec![i.public_hex()];
-        assert!(verify(&l, &keys, 500).is_ok());
-        assert!(verify(&l, &keys, 1000).unwrap_err().contains("expired"));
-        assert!(verify(&l, &[], 500).unwrap_err().contains("unknown key"));
+        assert!(verify(&l, &keys, 500, None).is_ok());
+        assert!(verify(&l, &keys, 500, Some("a1")).is_ok(), "a site license");
+        assert!(verify(&l, &keys, 1000, None)
+            .unwrap_err()
+            .contains("expired"));
+        assert!(verify(&l, &[], 500, None)
+            .unwrap_err()
+            .contains("unknown key"));
         let mut t = l.clone();
         t.terms.hosts = 400;
-        assert!(verify(&t, &keys, 500).unwrap_err().contains("verify"));
+        assert!(verify(&t, &keys, 500, None).unwrap_err().contains("verify"));
+        let bound = i
+            .sign(LicenseTerms {
+                agent_id: Some("a1".into()),
+                ..terms
+            })
+            .unwrap();
+        assert!(verify(&bound, &keys, 500, Some("a1")).is_ok());
+        let e = verify(&bound, &keys, 500, Some("a2")).unwrap_err();
+        assert!(e.contains("issued to agent a1"), "{e}");
+        let e = verify(&bound, &keys, 500, None).unwrap_err();
+        assert!(e.contains("not registered"), "{e}");
+        // Rebinding the terms to another agent breaks the signature.
+        let mut moved = bound.clone();
+        moved.terms.agent_id = Some("a2".into());
+        assert!(verify(&moved, &keys, 500, Some("a2"))
+            .unwrap_err()
+            .contains("verify"));
         let again = Issuer::from_hex(&i.secret_hex()).unwrap();
         assert_eq!(again.public_hex(), i.public_hex());
     }
