@@ -225,6 +225,9 @@ pub struct ServeOptions {
     pub timeout: Duration,
     /// Bytes of reads a client may have in flight (memory bound per client).
     pub max_in_flight_bytes: usize,
+    /// Connections served at once (a multi-connection client counts each); one over it is
+    /// closed before the greeting, so memory stays below `max_clients * max_in_flight_bytes`.
+    pub max_clients: usize,
 }
 
 impl Default for ServeOptions {
@@ -233,6 +236,7 @@ impl Default for ServeOptions {
             tls: None,
             timeout: Duration::from_secs(30),
             max_in_flight_bytes: 64 << 20,
+            max_clients: 16,
         }
     }
 }
@@ -317,6 +321,11 @@ pub async fn serve_until(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             r = listener.accept() => match r {
                 Ok((io, peer)) => {
+                    if sessions.len() >= opts.max_clients {
+                        debug!("NBD client {peer} refused: {} clients connected", sessions.len());
+                        drop(io);
+                        continue;
+                    }
                     let (export, opts) = (export.clone(), opts.clone());
                     sessions.spawn(async move {
                         debug!("NBD client {peer} connected");

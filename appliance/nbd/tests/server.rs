@@ -446,3 +446,67 @@ async fn unix_socket_default_export_and_list() {
     tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_is_capped_and_served_clients_keep_reading() {
+    need("nbdinfo");
+    let fx = fixture().await;
+    let opts = ServeOptions {
+        max_clients: 2,
+        ..ServeOptions::default()
+    };
+    let (uri, _stop) = start(fx.export.clone(), opts).await;
+    let addr = uri
+        .trim_start_matches("nbd://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let one = ClientOptions {
+        connections: 1,
+        ..ClientOptions::default()
+    };
+    let c = NbdClient::connect_uri(&uri, &one).await.unwrap();
+    // Ten silent connections: one takes the last slot (and gets the greeting), the other
+    // nine are closed before it.
+    let mut flood = Vec::new();
+    for _ in 0..10 {
+        flood.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    let (mut greeted, mut closed) = (0, 0);
+    for s in flood.iter_mut() {
+        let mut magic = [0u8; 8];
+        match tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut magic))
+            .await
+        {
+            Ok(Ok(_)) if &magic == b"NBDMAGIC" => greeted += 1,
+            Ok(_) => closed += 1,
+            Err(_) => panic!("a flood connection got neither a greeting nor a close"),
+        }
+    }
+    assert_eq!((greeted, closed), (1, 9));
+    // The client that was connected before the flood is still served.
+    assert_eq!(
+        c.read_at(0, vec![0; 4096]).await.unwrap(),
+        &fx.content[..4096]
+    );
+    c.disconnect().await;
+    drop(flood);
+    // With the flood gone, a real client (libnbd) connects again.
+    let u = uri.clone();
+    let mut size = String::new();
+    for _ in 0..50 {
+        let u = u.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("nbdinfo").arg("--size").arg(&u).output().unwrap()
+        })
+        .await
+        .unwrap();
+        if out.status.success() {
+            size = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(size, SIZE.to_string());
+}
