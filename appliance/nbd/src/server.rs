@@ -857,3 +857,7 @@ async fn session(io: BoxIo, export: Arc<Export>, opts: Arc<ServeOptions>) -> Res
         r => r,
     }
 }
+
+/// Entry points for the fuzz targets and property tests; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing;

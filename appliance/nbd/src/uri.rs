@@ -48,6 +48,8 @@ fn percent_decode(s: &str) -> Result<String, String> {
         if b[i] == b'%' {
             let hex = b
                 .get(i + 1..i + 3)
+                // Two hex digits exactly: `from_str_radix` alone would take "%+f".
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
@@ -201,12 +203,50 @@ mod tests {
             "nbd://h/?socket=/x",
             "nbd://h/?tls-psk-file=/x",
             "nbd://h/%zz",
+            "nbd://h/%+f",
+            "nbd://h/%-1",
             "not a uri",
         ] {
             assert!(
                 matches!(NbdUri::parse(bad), Err(NbdError::Uri { .. })),
                 "{bad} accepted"
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_parses_or_fails_cleanly(s in "\\PC{0,80}") {
+            let _ = NbdUri::parse(&s);
+        }
+
+        #[test]
+        fn uri_like_strings_parse_or_fail_cleanly(
+            scheme in "(nbd|nbds|nbd\\+unix|nbds\\+unix|http)",
+            rest in "[a-z0-9:/?&=%\\[\\].@+-]{0,40}",
+        ) {
+            if let Ok(u) = NbdUri::parse(&format!("{scheme}://{rest}")) {
+                if let Endpoint::Tcp { host, .. } = &u.endpoint {
+                    proptest::prop_assert!(!host.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn display_round_trips(
+            tls in proptest::bool::ANY,
+            host in "([a-z][a-z0-9-]{0,10}(\\.[a-z]{1,5}){0,2}|127\\.0\\.0\\.[0-9]{1,2}|::1)",
+            port in 1u16..,
+            // Not "." or "..": URL path normalisation drops those segments.
+            export in "([A-Za-z0-9_-][A-Za-z0-9._-]{0,11})?",
+        ) {
+            let u = NbdUri {
+                endpoint: Endpoint::Tcp { host, port },
+                export,
+                tls,
+                tls_certificates: None,
+            };
+            proptest::prop_assert_eq!(NbdUri::parse(&u.to_string()).unwrap(), u);
         }
     }
 }
