@@ -9,6 +9,7 @@ use tokio::sync::{watch, Notify};
 use crate::events::EventLog;
 use crate::jobs::JobStore;
 use crate::license::LicenseStore;
+use crate::pairing::Pairing;
 use crate::plans::PlanStore;
 use crate::revocation::RevocationStore;
 
@@ -24,8 +25,8 @@ pub struct Agent {
     pub debug: bool,
     pub events: Arc<EventLog>,
     pub reg: Mutex<Registration>,
-    /// The pairing code shown on the console and the wrong attempts so far.
-    pub pairing: Mutex<Option<(String, u32)>>,
+    /// The pairing code shown on the console, its expiry and the attempt counters.
+    pub pairing: Pairing,
     pub tls_tx: watch::Sender<Arc<rustls::ServerConfig>>,
     pub plans: PlanStore,
     pub jobs: JobStore,

@@ -1,22 +1,26 @@
 //! API routes: owns what the agent answers on 9876 (the table is in `ferry-api`).
 //!
 //! - `GET /v1/status`: version, uptimes, hostname, addresses, network and
-//!   time-sync state, every setting with its source (secrets redacted),
-//!   config errors, the TLS fingerprint, registration and license state.
-//!   Init's part comes from `/run/ferry/init.json`.
+//!   time-sync state, every setting with its source (secrets redacted; before
+//!   registration no vCenter setting at all), config errors, the TLS
+//!   fingerprint, registration and license state. Init's part comes from
+//!   `/run/ferry/init.json`.
 //! - `GET /v1/logs[?lines=N]`: the log ring (init and agent), as text.
-//! - `POST /v1/pair/csr`, `POST /v1/pair/complete`: pairing (unregistered only).
+//! - `POST /v1/pair/csr`, `POST /v1/pair/complete`: pairing (unregistered only;
+//!   429 past the per-address attempt limit, see pairing.rs).
 //! - plans, jobs, progress, events and license: see `ferry-api`; registered only.
 //! - `PUT /v1/revocations` (the management server only): a signed revocation list
 //!   ([`ferry_tls::revocation::SignedRevocations`]); `GET /v1/revocations`: the version
 //!   held and how many certificates are on it.
-//! - `POST /v1/debug/crash`: aborts the agent so tests can watch init restart
-//!   it; only present when the appliance booted with `ferry.debug=1`.
+//! - `POST /v1/debug/crash`, `POST /v1/debug/storage-check`: test hooks; only
+//!   present when the appliance booted with `ferry.debug=1`, and then, like
+//!   everything but status and pairing, only after registration.
 //!
-//! Access: before registration only status, logs, pairing and the debug hooks
-//! answer. After it, TLS admits only certificates of the management CA, and
-//! this gate admits only the management server's and admins' (not other
-//! agents'), and none on the revocation list.
+//! Access: before registration only `GET /v1/status` (nothing secret, no
+//! vCenter host or user) and `POST /v1/pair/*` answer; everything else, logs
+//! and debug hooks included, is 403. After it, TLS admits only certificates of
+//! the management CA, and this gate admits only the management server's and
+//! admins' (not other agents'), and none on the revocation list.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -41,6 +45,7 @@ use serde_json::{json, Value};
 
 use crate::agent::Agent;
 use crate::jobs::Follow;
+use crate::pairing::Check;
 
 /// Everything the handlers need.
 #[derive(Debug)]
@@ -123,10 +128,8 @@ async fn gate(
             );
         }
     } else {
-        let open = path == "/v1/status"
-            || path == "/v1/logs"
-            || path.starts_with("/v1/pair/")
-            || path.starts_with("/v1/debug/");
+        // The log ring and the debug hooks are not for anyone who can reach the port.
+        let open = path == "/v1/status" || path.starts_with("/v1/pair/");
         if !open {
             return fail(
                 StatusCode::FORBIDDEN,
@@ -172,8 +175,8 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
         "addresses": addresses(),
         "network": pick("network"),
         "time": time,
-        "config": pick("config"),
-        "config_errors": pick("config_errors"),
+        "config": if reg.registered { pick("config") } else { public_config(pick("config")) },
+        "config_errors": if reg.registered { pick("config_errors") } else { public_errors(pick("config_errors")) },
         "modules_loaded": pick("modules_loaded"),
         "tls": { "sha256": reg.cert_sha256 },
         "registration": reg,
@@ -181,6 +184,46 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
         "revocations": ctx.agent.revoked.state(),
         "plans": ctx.agent.plans.list().len(),
     }))
+}
+
+/// Setting names shown to anyone before registration: the vCenter ones (host, user,
+/// thumbprint, password) are left out, and anything secret-like is redacted even if init
+/// did not.
+fn public_config(mut config: Value) -> Value {
+    if let Some(m) = config.as_object_mut() {
+        m.retain(|k, _| !k.starts_with("vcenter"));
+        for (k, v) in m.iter_mut() {
+            let secret_like = ["token", "password", "secret", "key"]
+                .iter()
+                .any(|w| k.contains(w));
+            if secret_like && !v["value"].is_null() {
+                v["value"] = json!("<redacted>");
+            }
+        }
+    }
+    config
+}
+
+/// Config errors before registration: one about a vCenter setting may quote its value,
+/// so it says only which setting.
+fn public_errors(mut errors: Value) -> Value {
+    if let Some(a) = errors.as_array_mut() {
+        for e in a.iter_mut() {
+            if let Some(key) = e.as_str().and_then(|t| {
+                let i = t.find("ferry.vcenter")?;
+                let k: String = t[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '_')
+                    .collect();
+                Some(k)
+            }) {
+                *e = json!(format!(
+                    "{key}: invalid (details are shown after registration)"
+                ));
+            }
+        }
+    }
+    errors
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,7 +347,23 @@ fn body<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, String> {
     parse_body(b).map_err(|e| e.to_string())
 }
 
-async fn pair_csr(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
+/// The answer to a pairing attempt that is refused, if it is.
+fn refuse_code(ctx: &Ctx, peer: &Peer, code: &str) -> Option<Response> {
+    match ctx.agent.check_pairing_code(peer.addr.ip(), code) {
+        Check::Ok => None,
+        Check::Wrong => Some(fail(StatusCode::FORBIDDEN, "wrong pairing code")),
+        Check::Limited => Some(fail(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many pairing attempts from this address; wait a minute",
+        )),
+    }
+}
+
+async fn pair_csr(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(peer): Extension<Peer>,
+    b: Bytes,
+) -> Response {
     if ctx.agent.registered() {
         return fail(StatusCode::CONFLICT, "already registered");
     }
@@ -312,8 +371,8 @@ async fn pair_csr(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
-    if !ctx.agent.check_pairing_code(&req.code) {
-        return fail(StatusCode::FORBIDDEN, "wrong pairing code");
+    if let Some(r) = refuse_code(&ctx, &peer, &req.code) {
+        return r;
     }
     match ctx.agent.pair_csr() {
         Ok(r) => Json(r).into_response(),
@@ -321,7 +380,11 @@ async fn pair_csr(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
     }
 }
 
-async fn pair_complete(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
+async fn pair_complete(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(peer): Extension<Peer>,
+    b: Bytes,
+) -> Response {
     if ctx.agent.registered() {
         return fail(StatusCode::CONFLICT, "already registered");
     }
@@ -329,8 +392,8 @@ async fn pair_complete(State(ctx): State<Arc<Ctx>>, b: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
-    if !ctx.agent.check_pairing_code(&req.code) {
-        return fail(StatusCode::FORBIDDEN, "wrong pairing code");
+    if let Some(r) = refuse_code(&ctx, &peer, &req.code) {
+        return r;
     }
     match ctx.agent.apply(req.enrolled, req.mgmt_url) {
         Ok(r) => Json(r).into_response(),

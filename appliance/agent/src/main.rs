@@ -13,7 +13,8 @@
 //! (`host:port` the management server should use; by default the listen address when
 //! that is one address, not `0.0.0.0` or `::`); `FERRY_ADDR_POLL` (seconds between
 //! address checks, default 10); `FERRY_HELLO_EVERY` (seconds between hellos when nothing
-//! changed, default 300); `FERRY_LICENSE`, `FERRY_LICENSE_ISSUER` (license.rs).
+//! changed, default 300); `FERRY_LICENSE`, `FERRY_LICENSE_ISSUER` (license.rs);
+//! `FERRY_CONSOLE` and `FERRY_PAIRING_TTL` (tests only; pairing.rs).
 
 mod agent;
 mod api;
@@ -21,6 +22,7 @@ mod events;
 mod identity;
 mod jobs;
 mod license;
+mod pairing;
 mod plans;
 mod registration;
 mod revocation;
@@ -104,6 +106,7 @@ async fn run(state_dir: PathBuf, events: Arc<events::EventLog>) -> anyhow::Resul
         },
     };
     let (tls_tx, tls_rx) = tokio::sync::watch::channel(registration::server_tls(&state_dir)?);
+    let pairing = pairing::Pairing::from_env(addr.port(), identity::paths(&state_dir).1);
     let agent = Arc::new(agent::Agent {
         plans: plans::PlanStore::open(&state_dir),
         jobs: jobs::JobStore::open(&state_dir),
@@ -118,7 +121,7 @@ async fn run(state_dir: PathBuf, events: Arc<events::EventLog>) -> anyhow::Resul
         debug,
         events,
         reg: Mutex::new(reg),
-        pairing: Mutex::new(None),
+        pairing,
         tls_tx,
         hello_now: tokio::sync::Notify::new(),
     });
@@ -143,6 +146,7 @@ async fn run(state_dir: PathBuf, events: Arc<events::EventLog>) -> anyhow::Resul
         None => {
             tracing::info!("agent ready: listening on {addr} (TLS 1.3), not registered, start #{start_number}, cert sha256 {}{hooks}", id.sha256);
             agent.show_pairing_code();
+            tokio::spawn(registration::pairing_expiry(agent.clone()));
             if let (Some(m), Some(t)) = (env("FERRY_MGMT"), env("FERRY_TOKEN")) {
                 tokio::spawn(registration::enroll_loop(agent.clone(), m, t));
             }

@@ -4,9 +4,10 @@
 //!   (`ID.SECRET.CA_SHA256`), the agent sends a CSR for its key with the token to
 //!   `POST /v1/enroll`, trusting only a server whose chain holds the CA the token pins. A
 //!   refusal (wrong, spent or expired token) stops the attempts; network errors are retried.
-//! - **Management-initiated:** an unregistered agent prints a pairing code on the console;
-//!   `POST /v1/pair/csr` and `/v1/pair/complete` with that code do the same exchange the
-//!   other way. Five wrong codes replace the code with a new one.
+//! - **Management-initiated:** an unregistered agent shows a pairing code and its
+//!   certificate's fingerprint on the console (only there; pairing.rs owns the code, its
+//!   expiry and the attempt limits); `POST /v1/pair/csr` and `/v1/pair/complete` with that
+//!   code do the same exchange the other way.
 //! - **After registration** (`<state>/mgmt/registration.json`, `<state>/mgmt/ca.pem`, the
 //!   signed certificate in `<state>/tls/cert.pem`) the server config switches to TLS 1.3
 //!   with required client certificates of the management CA, at once and at every start.
@@ -68,53 +69,16 @@ pub fn server_tls(state: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     }
 }
 
-/// A new pairing code: 8 characters that are hard to misread, shown as XXXX-XXXX.
-pub fn new_pairing_code() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
-    let mut b = [0u8; 8];
-    rand::fill(&mut b);
-    let s: String = b
-        .iter()
-        .map(|x| char::from(ALPHABET[usize::from(*x) % ALPHABET.len()]))
-        .collect();
-    format!("{}-{}", &s[..4], &s[4..])
-}
-
-fn normalize_code(c: &str) -> String {
-    c.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_uppercase())
-        .collect()
-}
-
 impl Agent {
-    /// Shows (and logs) the pairing code on the console.
+    /// Shows a new pairing code on the console (only there: see pairing.rs).
     pub fn show_pairing_code(&self) {
-        let mut p = self.pairing.lock().unwrap_or_else(|e| e.into_inner());
-        let code = new_pairing_code();
-        // The console is the admin's channel for the code; it is not a secret once used.
-        eprintln!("ferry-agent: PAIRING CODE {code} (ferry mgmt agents add ADDRESS:{} --pairing-code {code})", self.port);
-        *p = Some((code, 0));
+        self.pairing.renew();
         self.reg.lock().unwrap_or_else(|e| e.into_inner()).pairing = true;
     }
 
-    /// Checks a pairing code; after five failures a new code replaces it.
-    pub fn check_pairing_code(&self, code: &str) -> bool {
-        let mut p = self.pairing.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((want, failures)) = p.as_mut() else {
-            return false;
-        };
-        if ferry_mgmt_ct_eq(&normalize_code(want), &normalize_code(code)) {
-            return true;
-        }
-        *failures += 1;
-        let n = *failures;
-        drop(p);
-        tracing::warn!("wrong pairing code ({n} of 5)");
-        if n >= 5 {
-            self.show_pairing_code();
-        }
-        false
+    /// Checks a pairing code from `ip` (rate limit, expiry, five failures: pairing.rs).
+    pub fn check_pairing_code(&self, ip: std::net::IpAddr, code: &str) -> crate::pairing::Check {
+        self.pairing.check(ip, code)
     }
 
     /// The hello this agent sends.
@@ -184,7 +148,7 @@ impl Agent {
             self.license.install_from_mgmt(l);
         }
         self.tls_tx.send_replace(server_tls(&self.state_dir)?);
-        *self.pairing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.pairing.clear();
         let reg = Registration {
             registered: true,
             agent_id: Some(e.agent_id.clone()),
@@ -233,14 +197,6 @@ impl Agent {
         )?;
         Ok(Some((ferry_tls::http_client(cfg)?, url)))
     }
-}
-
-fn ferry_mgmt_ct_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// `host[:port]` or a URL → `https://host:port`.
@@ -343,6 +299,17 @@ async fn enroll_once(
         .await
         .map_err(|e| (false, format!("{e}")))?;
     answer(r).await
+}
+
+/// Replaces the pairing code on the console when it expires, until registration.
+pub async fn pairing_expiry(agent: Arc<Agent>) {
+    while let Some(at) = agent.pairing.expires() {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+        if agent.registered() {
+            return;
+        }
+        agent.pairing.renew_if_expired();
+    }
 }
 
 /// Says hello at start, when the addresses change, when asked, and every

@@ -112,6 +112,13 @@ impl Agent {
     async fn spawn(state: &Path, port: u16, env: Vec<(String, String)>) -> Agent {
         let run = state.join("run");
         std::fs::create_dir_all(&run).unwrap();
+        // The console device: a file the agent may only append to (it never creates it).
+        let console = Self::console_path(state);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&console)
+            .unwrap();
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-agent"));
         c.env_clear()
             .env("FERRY_STATE_DIR", state)
@@ -119,6 +126,7 @@ impl Agent {
             .env("FERRY_LISTEN", format!("0.0.0.0:{port}"))
             .env("FERRY_LOG", "info")
             .env("FERRY_ADDR_POLL", "0.5")
+            .env("FERRY_CONSOLE", &console)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -130,6 +138,13 @@ impl Agent {
         {
             let stderr = stderr.clone();
             let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+            // As init does in the appliance: the agent's stderr goes into the log ring that
+            // `GET /v1/logs` serves.
+            let mut ring = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run.join("log"))
+                .unwrap();
             tokio::spawn(async move {
                 let mut tx = Some(tx);
                 while let Ok(Some(l)) = lines.next_line().await {
@@ -139,6 +154,7 @@ impl Agent {
                         }
                     }
                     eprintln!("[agent {port}] {l}");
+                    let _ = std::io::Write::write_all(&mut ring, format!("{l}\n").as_bytes());
                     let mut s = stderr.lock().unwrap();
                     s.push_str(&l);
                     s.push('\n');
@@ -175,9 +191,21 @@ impl Agent {
         Self::spawn(&self.state, self.port, self.env.clone()).await
     }
 
+    /// The file given to the agent as its console device (`FERRY_CONSOLE`), next to (not
+    /// in) its state directory.
+    pub fn console_path(state: &Path) -> PathBuf {
+        PathBuf::from(format!("{}.console", state.display()))
+    }
+
+    /// What the agent wrote on its console.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(Self::console_path(&self.state)).unwrap_or_default()
+    }
+
+    /// The pairing code shown last on the console.
     pub fn pairing_code(&self) -> Option<String> {
-        let s = self.stderr.lock().unwrap();
-        s.lines()
+        self.console()
+            .lines()
             .rev()
             .find_map(|l| l.split("PAIRING CODE ").nth(1))
             .map(|r| r.split_whitespace().next().unwrap_or_default().to_string())
