@@ -77,6 +77,16 @@
 //!   removes a lock the book says is fresh, and a client's archive that is refused such a
 //!   removal takes the lock as live. `FERRY_NODE_LOCK_STALE_MS` (hidden, for tests)
 //!   shortens the threshold of client locks.
+//! - **One tenant cannot exhaust the node** ([`limits`], [`routes`]): a request body is
+//!   read only after the caller's grant is checked (403 before any byte of the body, and no
+//!   `100 Continue`), never beyond the route's limit (413 on the declared length); a commit
+//!   must declare its length, at most what an index of a 62 TiB disk needs at the vault's
+//!   chunk size ([`vault::commit_cap`]) and what the quota still allows (507); an index must
+//!   declare exactly the decoded size of the disk its manifest names, checked before zstd
+//!   runs; each identity runs 16 chunk uploads and 1 commit at once, queues 48 and 4 more,
+//!   and gets 429 beyond (the `node://` client retries); node-wide, 64 uploads and 2 commits
+//!   run at once. Only an admin may take an exclusive lock (GC is the node's job): a grantee
+//!   cannot stop the other tenants' backups, and an admin removes any lock at once.
 //! - **Quota** counts every byte in the vault directory (counted at start and after GC and
 //!   prune, then kept as a running total). A chunk or commit that would exceed it gets 507;
 //!   nothing partial is left visible (chunks are atomic objects; a point without manifest is
@@ -85,6 +95,8 @@
 pub mod config;
 pub mod enroll;
 pub mod jobs;
+pub mod limits;
+pub mod renew;
 pub mod revocation;
 pub mod routes;
 pub mod vault;
@@ -387,11 +399,13 @@ impl Node {
 /// Serves the API on `listener` and runs the job scheduler, until the task is dropped.
 pub async fn serve_on(node: Arc<Node>, listener: tokio::net::TcpListener) -> Result<(), NodeError> {
     let tls = node.server_tls()?;
-    let (_tx, rx) = tokio::sync::watch::channel(tls);
+    let (tx, rx) = tokio::sync::watch::channel(tls);
     let sched = tokio::spawn(jobs::scheduler(node.clone()));
     let fetch = tokio::spawn(revocation::fetcher(node.clone()));
+    let renew = tokio::spawn(renew::renewer(node.clone(), tx));
     ferry_tls::serve::serve(listener, rx, routes::router(node)).await;
     sched.abort();
     fetch.abort();
+    renew.abort();
     Ok(())
 }

@@ -1,11 +1,18 @@
 //! The HTTPS API of the node (table and wire types in `ferry_api::node`): authorization by
 //! grant, body limits, and the mapping of [`NodeError`] to status codes.
+//!
+//! Order of checks in every handler that takes a body: the caller's grant (403), the
+//! declared length against the route's limit (413) and, for commits, the vault's room (507),
+//! then admission through the per-grantee [`Gates`] (429), and only then is the body read,
+//! never more than the limit. Every key, list prefix, lock name, point id and digest in a
+//! path or query is checked before it reaches the store (`ferry_storage::validate_key` and
+//! `validate_prefix`, the one rule for object names).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -13,12 +20,11 @@ use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use ferry_api::node::{
     CatalogEntry, JobReport, MissingRequest, MissingResponse, ObjectEntry, PruneDecision,
-    PruneRequest, PutResponse, VaultInfo, MAX_CHUNK_BODY, MAX_COMMIT_BODY, MAX_LOCK_BODY,
-    MAX_MISSING_BATCH,
+    PruneRequest, PutResponse, VaultInfo, MAX_CHUNK_BODY, MAX_LOCK_BODY, MAX_MISSING_BATCH,
 };
 use ferry_api::v1::ApiError;
 use ferry_archive::format::{self, Kind};
-use ferry_archive::lock::LockInfo;
+use ferry_archive::lock::{LockInfo, LockKind};
 use ferry_archive::repo::chunk_key;
 use ferry_archive::{ArchiveError, Manifest};
 use ferry_storage::StoreError;
@@ -26,6 +32,7 @@ use ferry_tls::revocation::{RevocationError, RevocationState, SignedRevocations}
 use ferry_tls::serve::Peer;
 use serde::Deserialize;
 
+use crate::limits::{Busy, Gates};
 use crate::vault::locks::LockError;
 use crate::{jobs, Access, Node, NodeError, Vault};
 
@@ -80,6 +87,55 @@ fn bad(msg: impl Into<String>) -> Fail {
 
 fn forbidden(msg: impl Into<String>) -> Fail {
     Fail(StatusCode::FORBIDDEN, msg.into())
+}
+
+impl From<Busy> for Fail {
+    fn from(e: Busy) -> Self {
+        Fail(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+    }
+}
+
+fn too_large(len: u64, limit: usize) -> Fail {
+    Fail(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is {len} bytes; the limit here is {limit}"),
+    )
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads a body of at most `limit` bytes. Called only once the caller is authorized and
+/// admitted: a declared length over the limit is refused before a byte is read, an
+/// undeclared one when the limit is crossed.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Fail> {
+    if let Some(n) = content_length(headers) {
+        if n > limit as u64 {
+            return Err(too_large(n, limit));
+        }
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = src {
+            if s.to_string().contains("length limit exceeded") {
+                return Fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over the limit here ({limit} bytes)"),
+                );
+            }
+            src = s.source();
+        }
+        bad(format!("reading the request body: {e}"))
+    })
+}
+
+/// Checks a list prefix: the same rule as keys (400 otherwise).
+fn check_prefix(p: &str) -> Result<(), Fail> {
+    ferry_storage::validate_prefix(p).map_err(|e| bad(e.to_string()))
 }
 
 /// The management server's identity (`mgmt.ferry.internal`): it may read the catalog of
@@ -162,27 +218,18 @@ async fn gate(State(n): State<Arc<Node>>, req: Request, next: Next) -> Response 
     next.run(req).await
 }
 
-/// The routes.
+/// The routes. Handlers read their bodies themselves ([`read_body`]), after authorization.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/vaults", get(vaults))
         .route("/v1/catalog", get(catalog_all))
         .route("/v1/revocations", get(revocations_get).put(revocations_put))
-        .route(
-            "/v1/vaults/{v}/chunks/missing",
-            post(missing).layer(DefaultBodyLimit::max(ferry_api::MAX_BODY)),
-        )
+        .route("/v1/vaults/{v}/chunks/missing", post(missing))
         .route(
             "/v1/vaults/{v}/chunks/{digest}",
-            put(chunk_put)
-                .get(chunk_get)
-                .head(chunk_head)
-                .layer(DefaultBodyLimit::max(MAX_CHUNK_BODY)),
+            put(chunk_put).get(chunk_get).head(chunk_head),
         )
-        .route(
-            "/v1/vaults/{v}/points/{id}/commit",
-            post(commit).layer(DefaultBodyLimit::max(MAX_COMMIT_BODY)),
-        )
+        .route("/v1/vaults/{v}/points/{id}/commit", post(commit))
         .route("/v1/vaults/{v}/points/{id}", delete(point_delete))
         .route("/v1/vaults/{v}/catalog", get(catalog))
         .route("/v1/vaults/{v}/catalog/{id}", get(catalog_one))
@@ -195,11 +242,9 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route(
             "/v1/vaults/{v}/locks/{name}",
-            put(lock_put)
-                .delete(lock_delete)
-                .layer(DefaultBodyLimit::max(MAX_LOCK_BODY)),
+            put(lock_put).delete(lock_delete),
         )
-        .layer(DefaultBodyLimit::max(ferry_api::MAX_BODY))
+        .layer(Extension(Arc::new(Gates::default())))
         .layer(middleware::from_fn_with_state(node.clone(), gate))
         .with_state(node)
 }
@@ -227,9 +272,11 @@ async fn missing(
     State(n): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
     Path(v): Path<String>,
-    b: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> R<MissingResponse> {
     let c = ctx(&n, &peer, &v)?;
+    let b = read_body(&headers, body, ferry_api::MAX_BODY).await?;
     let req: MissingRequest = ferry_api::parse_body(&b).map_err(|e| bad(e.to_string()))?;
     if req.digests.len() > MAX_MISSING_BATCH {
         return Err(bad(format!(
@@ -245,10 +292,18 @@ async fn missing(
 async fn chunk_put(
     State(n): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
+    Extension(gates): Extension<Arc<Gates>>,
     Path((v, digest)): Path<(String, String)>,
-    b: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> R<PutResponse> {
     let c = ctx(&n, &peer, &v)?;
+    digest_key(&digest)?;
+    if let Some(len) = content_length(&headers).filter(|l| *l > MAX_CHUNK_BODY as u64) {
+        return Err(too_large(len, MAX_CHUNK_BODY));
+    }
+    let _permit = gates.uploads.enter(&c.who).await?;
+    let b = read_body(&headers, body, MAX_CHUNK_BODY).await?;
     match c.vault.put_chunk(&digest, b).await {
         Ok(created) => Ok(Json(PutResponse { created })),
         Err(e) => {
@@ -332,10 +387,37 @@ fn ranged(data: Bytes, headers: &HeaderMap) -> Response {
 async fn commit(
     State(n): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
+    Extension(gates): Extension<Arc<Gates>>,
     Path((v, id)): Path<(String, String)>,
-    b: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> R<PutResponse> {
     let c = ctx(&n, &peer, &v)?;
+    ferry_archive::repo::validate_point_id(&id).map_err(|_| bad(format!("bad point id {id:?}")))?;
+    // The length first: the cap of this vault, and what its quota still allows (the indexes
+    // and manifest are stored; header and owner stamp differ by less than MAX_BODY).
+    let cap = c.vault.commit_cap();
+    let len = content_length(&headers).ok_or_else(|| {
+        Fail(
+            StatusCode::LENGTH_REQUIRED,
+            "a commit must declare its Content-Length".into(),
+        )
+    })?;
+    if len > cap as u64 {
+        return Err(too_large(len, cap));
+    }
+    let room = c.vault.room();
+    if len > room.saturating_add(ferry_api::MAX_BODY as u64) {
+        return Err(NodeError::Quota {
+            vault: v.clone(),
+            used: c.vault.used(),
+            quota: c.vault.quota(),
+            need: len,
+        }
+        .into());
+    }
+    let _permit = gates.commits.enter(&c.who).await?;
+    let b = read_body(&headers, body, cap).await?;
     let objects = ferry_api::node::split_commit(&b).map_err(bad)?;
     let created = c.vault.commit(&id, &c.who, objects).await?;
     if created {
@@ -363,6 +445,7 @@ async fn point_delete(
     Path((v, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Fail> {
     let c = ctx(&n, &peer, &v)?;
+    ferry_archive::repo::validate_point_id(&id).map_err(|_| bad(format!("bad point id {id:?}")))?;
     match readable_point(&c, &id).await {
         Ok(m) => {
             c.vault.delete_point(&m).await?;
@@ -438,9 +521,11 @@ async fn prune(
     State(n): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
     Path(v): Path<String>,
-    b: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> R<Vec<PruneDecision>> {
     let c = ctx(&n, &peer, &v)?;
+    let b = read_body(&headers, body, ferry_api::MAX_BODY).await?;
     let req: PruneRequest = ferry_api::parse_body(&b).map_err(|e| bad(e.to_string()))?;
     let out = c.vault.prune(&req, |m| c.may_read(m)).await?;
     tracing::info!(
@@ -481,6 +566,7 @@ async fn objects_list(
 ) -> R<Vec<ObjectEntry>> {
     let c = ctx(&n, &peer, &v)?;
     let p = q.prefix.as_str();
+    check_prefix(p)?;
     let is_locks = p.starts_with("locks/") || p == "locks";
     let is_points = p.starts_with("points/") || p == "points";
     if !(c.admin() || is_locks || is_points) {
@@ -584,13 +670,30 @@ async fn lock_put(
     Extension(peer): Extension<Peer>,
     Path((v, name)): Path<(String, String)>,
     Query(q): Query<LockQuery>,
-    b: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> R<PutResponse> {
     let c = ctx(&n, &peer, &v)?;
     let key = format!("locks/{name}");
     ferry_storage::validate_key(&key).map_err(|e| bad(e.to_string()))?;
+    let b = read_body(&headers, body, MAX_LOCK_BODY).await?;
     // Only real lock records: the lock directory is not free storage.
-    format::decode_json::<LockInfo>(Kind::Lock, &b, &key).map_err(|e| bad(e.to_string()))?;
+    let info =
+        format::decode_json::<LockInfo>(Kind::Lock, &b, &key).map_err(|e| bad(e.to_string()))?;
+    // An exclusive lock stops every backup of the vault, and GC (the one user of exclusive
+    // locks) is the node's: a grantee holding one could starve the other tenants forever.
+    // 409, not 403: the archive reads 403 as a read-only store and would go on unlocked.
+    if info.kind == LockKind::Exclusive && !c.admin() {
+        tracing::warn!("vault {v}: refused an exclusive lock from {}", c.who);
+        return Err(Fail(
+            StatusCode::CONFLICT,
+            format!(
+                "only an admin of vault {v} may take an exclusive lock; {} may take shared \
+                 locks (GC runs on the node: POST /v1/vaults/{v}/jobs/gc as an admin)",
+                c.who
+            ),
+        ));
+    }
     let created = c
         .vault
         .put_lock(&name, &c.who, c.admin(), b, q.new.as_deref() == Some("1"))
@@ -634,7 +737,8 @@ async fn revocations_get(State(n): State<Arc<Node>>) -> Json<RevocationState> {
 async fn revocations_put(
     State(n): State<Arc<Node>>,
     Extension(peer): Extension<Peer>,
-    b: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> R<RevocationState> {
     let who = identity(&peer)?;
     if who != MGMT_IDENTITY {
@@ -646,6 +750,7 @@ async fn revocations_put(
             "only the management server sends revocation lists",
         ));
     }
+    let b = read_body(&headers, body, ferry_api::MAX_BODY).await?;
     let l: SignedRevocations = ferry_api::parse_body(&b).map_err(|e| bad(e.to_string()))?;
     match n.revoked.install(l) {
         Ok(s) => {

@@ -46,6 +46,64 @@ pub const OWNER_KEY: &str = "ferry.node.owner";
 /// How long a commit or prune waits for a running GC.
 const LOCK_WAIT: Duration = Duration::from_secs(600);
 
+/// Largest disk a restore point may declare: vSphere's largest virtual disk (62 TiB),
+/// rounded up. It bounds what an index may decode to.
+pub const MAX_DISK_SIZE: u64 = 64 << 40;
+
+/// Envelope header of an archive object; bytes 8..16 hold the decoded body length.
+const ENVELOPE: usize = 32;
+
+/// The decoded size of the index of a disk of `size` bytes in `chunk_size` chunks (a 20-byte
+/// header, then 32 bytes per chunk), or why no index may have one.
+pub fn index_plain_len(size: u64, chunk_size: u32) -> Result<u64, String> {
+    let cs = chunk_size as usize;
+    if !(format::MIN_CHUNK_SIZE..=format::MAX_CHUNK_SIZE).contains(&cs) {
+        return Err(format!("chunk size {chunk_size} is out of range"));
+    }
+    if size > MAX_DISK_SIZE {
+        return Err(format!(
+            "disk size {size} exceeds the largest disk the node accepts ({MAX_DISK_SIZE})"
+        ));
+    }
+    // size <= 2^46 and chunk_size >= 2^20: at most 2^26 entries, no overflow.
+    Ok(20 + 32 * Index::chunk_count(size, chunk_size))
+}
+
+/// Largest commit body for a vault of `chunk_size` chunks: the header and manifest (each at
+/// most `MAX_BODY`), and the index of one disk of [`MAX_DISK_SIZE`] (SHA-256 digests do not
+/// compress; zstd adds a little framing), never more than `MAX_COMMIT_BODY`. At the default
+/// 4 MiB chunks that index alone is 512 MiB, the old fixed cap; at 16 MiB, 128 MiB.
+pub fn commit_cap(chunk_size: u32) -> usize {
+    let index = index_plain_len(MAX_DISK_SIZE, chunk_size).unwrap_or(u64::MAX);
+    let framing = index / 128 + ENVELOPE as u64;
+    let cap = index
+        .saturating_add(framing)
+        .saturating_add(2 * ferry_api::MAX_BODY as u64 + 4);
+    usize::try_from(cap)
+        .unwrap_or(usize::MAX)
+        .min(ferry_api::node::MAX_COMMIT_BODY)
+}
+
+/// Refuses an index whose envelope declares a decoded size other than its disk needs, before
+/// anything is decompressed: a small zstd "bomb" cannot make the node allocate more than the
+/// index of the disk its manifest declares.
+fn check_index_envelope(key: &str, data: &[u8], size: u64, chunk_size: u32) -> Result<(), String> {
+    let need = index_plain_len(size, chunk_size)?;
+    let declared = data
+        .get(8..16)
+        .filter(|_| data.len() >= ENVELOPE)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| format!("{key} is truncated"))?;
+    if declared != need {
+        return Err(format!(
+            "{key} declares {declared} bytes decoded, but the index of a {size}-byte disk in \
+             {chunk_size}-byte chunks is {need} bytes: refused before decompression"
+        ));
+    }
+    Ok(())
+}
+
 /// A vault.
 #[derive(Debug)]
 pub struct Vault {
@@ -188,6 +246,19 @@ impl Vault {
         &self.locks
     }
 
+    /// Largest commit body this vault accepts ([`commit_cap`] of its chunk size).
+    pub fn commit_cap(&self) -> usize {
+        commit_cap(self.repo.config().chunk_size)
+    }
+
+    /// Bytes the quota still allows (`u64::MAX` without a quota).
+    pub fn room(&self) -> u64 {
+        match self.quota() {
+            0 => u64::MAX,
+            q => q.saturating_sub(self.used()),
+        }
+    }
+
     /// Bytes stored.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
@@ -319,6 +390,8 @@ impl Vault {
             let data = by_key
                 .remove(&disk.index)
                 .ok_or_else(|| NodeError::Invalid(format!("the commit lacks {}", disk.index)))?;
+            check_index_envelope(&disk.index, data, disk.size, m.chunk_size)
+                .map_err(NodeError::Invalid)?;
             if format::digest_hex(&format::digest_of(data)) != disk.index_sha256 {
                 return Err(NodeError::Invalid(format!(
                     "{} does not match the SHA-256 in the manifest",

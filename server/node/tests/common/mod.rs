@@ -285,6 +285,11 @@ pub fn scribble(p: &Path, off: u64, len: usize, seed: u64) {
 
 /// A raw HTTPS client with `identity`, trusting the world's CA for the node's name.
 pub fn http(world: &World, identity: &Path) -> reqwest::Client {
+    ferry_tls::http_client(tls_config(world, identity)).unwrap()
+}
+
+/// The TLS client config of [`http`]: `identity`, trusting the world's CA for the node's name.
+pub fn tls_config(world: &World, identity: &Path) -> rustls::ClientConfig {
     let text = std::fs::read_to_string(identity).unwrap();
     let certs: Vec<&str> = text
         .split_inclusive("-----END CERTIFICATE-----\n")
@@ -293,15 +298,14 @@ pub fn http(world: &World, identity: &Path) -> reqwest::Client {
     let key_end =
         text.find("-----END PRIVATE KEY-----").unwrap() + "-----END PRIVATE KEY-----\n".len();
     let id = ferry_tls::trust::Identity::from_pem(certs[0], &text[key_start..key_end]).unwrap();
-    let cfg = ferry_tls::trust::client_config(
+    ferry_tls::trust::client_config(
         ferry_tls::trust::ServerTrust::Ca {
             ca_pem: world.ca.cert_pem().to_string(),
             name: ferry_api::agent_server_name("node1"),
         },
         Some(id),
     )
-    .unwrap();
-    ferry_tls::http_client(cfg).unwrap()
+    .unwrap()
 }
 
 /// Runs a node job as `admin`.
