@@ -167,6 +167,28 @@ impl Ca {
         let cert = leaf_params(role, name, days)?.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
+
+    /// Like [`Ca::issue`], valid only from `not_before` to `not_after` (Unix seconds): how
+    /// tests make expired and not-yet-valid certificates. Not for production use.
+    #[doc(hidden)]
+    pub fn issue_between(
+        &self,
+        role: Role,
+        name: &str,
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<(String, String), TlsError> {
+        let at = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .map_err(|e| TlsError::Pki(format!("validity {t}: {e}")))
+        };
+        let mut p = leaf_params(role, name, 1)?;
+        p.not_before = at(not_before)?;
+        p.not_after = at(not_after)?;
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
 }
 
 /// A new P-256 key and a CSR for it: (key PEM, CSR PEM).

@@ -53,7 +53,7 @@ async fn stranger(port: u16) -> tokio_rustls::client::TlsStream<TcpStream> {
 }
 
 struct Server {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _mgmt: common::ServedMgmt,
     port: u16,
     admin: AdminClient,
@@ -73,7 +73,7 @@ fn start(env: &[(&str, &str)]) -> Server {
     let bundle = AdminBundle::load(&state.join("admin.pem")).unwrap();
     let admin = AdminClient::new(&format!("127.0.0.1:{port}"), &bundle).unwrap();
     Server {
-        _dir: dir,
+        dir,
         _mgmt: mgmt,
         port,
         admin,
@@ -176,4 +176,59 @@ async fn an_oversized_head_gets_431_and_a_truncated_handshake_is_dropped() {
         "a truncated handshake kept its connection"
     );
     admin_is_served(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_future_and_foreign_certificates_are_refused() {
+    let s = start(&[]);
+    let state = s.dir.path().join("mgmt");
+    let ca = ferry_tls::pki::Ca::from_pem(
+        &std::fs::read_to_string(state.join("ca.pem")).unwrap(),
+        &std::fs::read_to_string(state.join("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let now = ferry_api::now_unix();
+    let day = 86_400;
+    let foreign = ferry_tls::pki::Ca::create("someone else").unwrap();
+    let certs = [
+        (
+            "expired",
+            ca.issue_between(
+                ferry_tls::pki::Role::Admin,
+                "root",
+                now - 30 * day,
+                now - day,
+            )
+            .unwrap(),
+        ),
+        (
+            "not yet valid",
+            ca.issue_between(
+                ferry_tls::pki::Role::Admin,
+                "root",
+                now + day,
+                now + 30 * day,
+            )
+            .unwrap(),
+        ),
+        (
+            "of another CA",
+            foreign
+                .issue(ferry_tls::pki::Role::Admin, "root", 30)
+                .unwrap(),
+        ),
+    ];
+    for (what, (cert_pem, key_pem)) in certs {
+        let bundle = AdminBundle {
+            cert_pem,
+            key_pem,
+            ca_pem: ca.cert_pem().to_string(),
+        };
+        let c = AdminClient::new(&format!("127.0.0.1:{}", s.port), &bundle).unwrap();
+        assert!(
+            c.agents().await.is_err(),
+            "an admin certificate {what} was accepted"
+        );
+        admin_is_served(&s).await;
+    }
 }
