@@ -179,7 +179,7 @@ async fn an_oversized_head_gets_431_and_a_truncated_handshake_is_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_future_and_foreign_certificates_are_refused() {
+async fn expired_future_foreign_and_non_admin_certificates_are_refused() {
     let s = start(&[]);
     let state = s.dir.path().join("mgmt");
     let ca = ferry_tls::pki::Ca::from_pem(
@@ -210,6 +210,15 @@ async fn expired_future_and_foreign_certificates_are_refused() {
                 now + 30 * day,
             )
             .unwrap(),
+        ),
+        (
+            "of the agent role",
+            ca.issue(ferry_tls::pki::Role::Agent, "0123456789abcdef", 30)
+                .unwrap(),
+        ),
+        (
+            "the server never registered",
+            ca.issue(ferry_tls::pki::Role::Admin, "root", 30).unwrap(),
         ),
         (
             "of another CA",
