@@ -323,7 +323,7 @@ mod tests {
 
         let plan = ferry_api::Plan::from_toml(&format!(
             "name = \"n\"\nschedule = \"0 0 1 1 *\"\n[vcenter]\nurl = \"https://vc\"\ncredential = \"vc\"\n\
-             [vms]\nall = true\n[destination]\nurl = \"node://{addr}/main?node=node1\"\ncreate = true\n"
+             trust_on_first_use = true\n[vms]\nall = true\n[destination]\nurl = \"node://{addr}/main?node=node1\"\ncreate = true\n"
         ))
         .unwrap();
         let push = ferry_api::v1::PlanPush {
@@ -384,7 +384,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plan = ferry_api::Plan::from_toml(
             "name = \"n\"\nschedule = \"0 0 1 1 *\"\n[vcenter]\nurl = \"https://vc\"\ncredential = \"vc\"\n\
-             [vms]\nall = true\n[destination]\nurl = \"/srv/repo\"\n",
+             trust_on_first_use = true\n[vms]\nall = true\n[destination]\nurl = \"/srv/repo\"\n",
         )
         .unwrap();
         let push = ferry_api::v1::PlanPush {

@@ -221,6 +221,7 @@ schedule = "0 0 1 1 *"
 [vcenter]
 url = "https://127.0.0.1:1"
 credential = "vc"
+trust_on_first_use = true
 [vms]
 all = true
 [destination]

@@ -88,7 +88,7 @@ async fn appliance_enrolls_through_slirp_and_serves_mtls() {
 
     // A plan pushed over mTLS is kept.
     let plan = ferry_api::Plan::from_toml(
-        "name = \"n\"\nschedule = \"0 2 * * *\"\n[vcenter]\nurl = \"https://vc\"\ncredential = \"vc\"\n[vms]\nall = true\n[destination]\nurl = \"/srv\"\n",
+        "name = \"n\"\nschedule = \"0 2 * * *\"\n[vcenter]\nurl = \"https://vc\"\ncredential = \"vc\"\ntrust_on_first_use = true\n[vms]\nall = true\n[destination]\nurl = \"/srv\"\n",
     )
     .unwrap();
     let mut creds = std::collections::BTreeMap::new();

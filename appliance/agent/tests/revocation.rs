@@ -119,7 +119,7 @@ async fn revoked_admin_refused_by_the_agent_others_kept() {
     // Bob deploys a plan, carol runs it: the audit lines name them. The secret reaches the
     // agent, and is not in the server's database file.
     let plan = ferry_api::Plan::from_toml(
-        "name = \"p\"\nschedule = \"0 0 1 1 *\"\n[vcenter]\nurl = \"https://127.0.0.1:1\"\ncredential = \"vc\"\n[vms]\nall = true\n[destination]\nurl = \"/nonexistent\"\n",
+        "name = \"p\"\nschedule = \"0 0 1 1 *\"\n[vcenter]\nurl = \"https://127.0.0.1:1\"\ncredential = \"vc\"\ntrust_on_first_use = true\n[vms]\nall = true\n[destination]\nurl = \"/nonexistent\"\n",
     )
     .unwrap();
     let mut creds = std::collections::BTreeMap::new();

@@ -10,6 +10,8 @@
 //! url = "https://vcenter.example"
 //! credential = "vc"             # a name in the credentials pushed with the plan
 //! thumbprint = "AB:CD:..."      # SHA-256 of its certificate
+//! # or: ca = """-----BEGIN CERTIFICATE-----..."""   # PEM CA(s) that signed its certificate
+//! # or: trust_on_first_use = true  # keep the first certificate seen (not recommended)
 //!
 //! [vms]                         # the union of everything given; `all = true` for all
 //! names = ["web-1"]
@@ -34,6 +36,14 @@
 //! ```
 //!
 //! Unknown fields are refused, and every error names the field (`vcenter.url: ...`).
+//!
+//! **vCenter trust.** The job sends the vCenter password to whatever answers at
+//! `vcenter.url`, so a plan must say how that certificate is checked: `thumbprint` (pin the
+//! certificate's SHA-256), or `ca` (verify the chain and host name against these PEM
+//! certificates), or, explicitly, `trust_on_first_use = true` (keep the thumbprint of the
+//! first certificate seen on the agent and refuse any other later; whoever answers first,
+//! an attacker included, is trusted). Exactly one of the three; a plan with none is refused
+//! by `ferry plan check`, by the management server and by the agent.
 
 use std::collections::BTreeSet;
 
@@ -92,10 +102,52 @@ pub struct VcenterRef {
     pub url: String,
     /// Name of the credential (user and password).
     pub credential: String,
-    /// SHA-256 thumbprint of its certificate; without it the first certificate seen is
-    /// kept (trust on first use).
+    /// SHA-256 thumbprint of its certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thumbprint: Option<String>,
+    /// PEM certificates of the CA(s) that signed its certificate (chain and name checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Keep the first certificate seen and refuse any other later. Only when set: without a
+    /// thumbprint or a CA, the plan is refused.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub trust_on_first_use: bool,
+}
+
+/// How a plan trusts its vCenter's certificate (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcenterTrust<'a> {
+    /// Pin this SHA-256 thumbprint.
+    Thumbprint(&'a str),
+    /// Verify against these PEM CA certificates.
+    Ca(&'a str),
+    /// Keep the first certificate seen.
+    TrustOnFirstUse,
+}
+
+impl VcenterRef {
+    /// The one trust rule the plan gives, or why there is none.
+    pub fn trust(&self) -> Result<VcenterTrust<'_>, PlanError> {
+        match (&self.thumbprint, &self.ca, self.trust_on_first_use) {
+            (Some(t), None, false) => Ok(VcenterTrust::Thumbprint(t)),
+            (None, Some(c), false) => Ok(VcenterTrust::Ca(c)),
+            (None, None, true) => Ok(VcenterTrust::TrustOnFirstUse),
+            (None, None, false) => Err(err(
+                "vcenter",
+                "say how to trust the vCenter certificate: thumbprint = \"SHA-256\", \
+                 ca = \"PEM\", or trust_on_first_use = true; without one the agent would send \
+                 the vCenter password to whatever answers at the address",
+            )),
+            _ => Err(err(
+                "vcenter",
+                "give only one of thumbprint, ca and trust_on_first_use",
+            )),
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Which VMs: the union of every list, or all.
@@ -338,14 +390,25 @@ impl Plan {
         if self.vcenter.credential.is_empty() {
             return Err(err("vcenter.credential", "empty"));
         }
-        if let Some(t) = &self.vcenter.thumbprint {
-            let hex: String = t.chars().filter(|c| *c != ':').collect();
-            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(err(
-                    "vcenter.thumbprint",
-                    "expected a SHA-256 thumbprint (64 hex digits, ':' allowed)",
-                ));
+        match self.vcenter.trust()? {
+            VcenterTrust::Thumbprint(t) => {
+                let hex: String = t.chars().filter(|c| *c != ':').collect();
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(err(
+                        "vcenter.thumbprint",
+                        "expected a SHA-256 thumbprint (64 hex digits, ':' allowed)",
+                    ));
+                }
             }
+            VcenterTrust::Ca(pem) => {
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(err(
+                        "vcenter.ca",
+                        "expected PEM certificates (-----BEGIN CERTIFICATE-----)",
+                    ));
+                }
+            }
+            VcenterTrust::TrustOnFirstUse => {}
         }
         let v = &self.vms;
         if !v.all
@@ -470,6 +533,7 @@ verify = true
 [vcenter]
 url = "https://127.0.0.1:8989"
 credential = "vc"
+thumbprint = "ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89"
 [vms]
 names = ["DC0_H0_VM0"]
 [destination]
@@ -534,6 +598,37 @@ keep_last = 3
         assert_eq!(tagged.vms.tags, ["gold", "tier/silver"]);
         let e = Plan::from_toml(&GOOD.replace("keep_last = 3", "keep_lats = 3")).unwrap_err();
         assert!(e.message.contains("keep_lats"), "{e}");
+    }
+
+    #[test]
+    fn vcenter_trust_is_explicit() {
+        let thumb = "thumbprint = \"ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89\"\n";
+        let none = GOOD.replace(thumb, "");
+        let e = Plan::from_toml(&none).unwrap_err();
+        assert_eq!(e.field, "vcenter");
+        assert!(e.message.contains("password"), "{e}");
+        let tofu = Plan::from_toml(&GOOD.replace(thumb, "trust_on_first_use = true\n")).unwrap();
+        assert_eq!(tofu.vcenter.trust(), Ok(VcenterTrust::TrustOnFirstUse));
+        let j = serde_json::to_string(&tofu).unwrap();
+        assert!(j.contains("\"trust_on_first_use\":true"), "{j}");
+        assert_eq!(Plan::from_json(&j).unwrap(), tofu);
+        let ca =
+            "ca = \"\"\"\n-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n\"\"\"\n";
+        let p = Plan::from_toml(&GOOD.replace(thumb, ca)).unwrap();
+        assert!(matches!(p.vcenter.trust(), Ok(VcenterTrust::Ca(_))));
+        let e = Plan::from_toml(&GOOD.replace(thumb, "ca = \"x\"\n")).unwrap_err();
+        assert_eq!(e.field, "vcenter.ca");
+        let both = GOOD.replace(thumb, &format!("{thumb}trust_on_first_use = true\n"));
+        let e = Plan::from_toml(&both).unwrap_err();
+        assert!(e.message.contains("only one"), "{e}");
+        // The JSON an agent gets is checked the same way.
+        let mut v: serde_json::Value =
+            serde_json::to_value(Plan::from_toml(GOOD).unwrap()).unwrap();
+        v["vcenter"].as_object_mut().unwrap().remove("thumbprint");
+        assert_eq!(
+            Plan::from_json(&v.to_string()).unwrap_err().field,
+            "vcenter"
+        );
     }
 
     #[test]

@@ -13,14 +13,16 @@
 //! - the per-VM result: point, bytes read, new and stored, duration, error.
 //!
 //! It does not schedule, persist or report anything: the agent does. vCenter trust is the
-//! plan's thumbprint, or trust on first use kept in the caller's directory.
+//! plan's thumbprint or CA, or trust on first use kept in the caller's directory when the
+//! plan asks for it explicitly; a plan with none (stored before this was required) fails
+//! before anything is sent to vCenter.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_api::plan::glob_match;
+use ferry_api::plan::{glob_match, VcenterTrust};
 use ferry_api::v1::{Credential, ProgressEvent, VmResult};
 use ferry_api::Plan;
 use ferry_archive::prune::KeepOptions;
@@ -182,14 +184,15 @@ pub async fn select_vms(client: &Client, plan: &Plan) -> Result<Vec<(String, Str
     Ok(out)
 }
 
-fn trust(plan: &Plan, trust_dir: &Path) -> Trust {
-    match &plan.vcenter.thumbprint {
-        Some(t) => Trust::Thumbprint(t.clone()),
-        None => {
+fn trust(plan: &Plan, trust_dir: &Path) -> Result<Trust, String> {
+    Ok(match plan.vcenter.trust().map_err(|e| e.to_string())? {
+        VcenterTrust::Thumbprint(t) => Trust::Thumbprint(t.to_string()),
+        VcenterTrust::Ca(pem) => Trust::CaPem(pem.as_bytes().to_vec()),
+        VcenterTrust::TrustOnFirstUse => {
             let h = hex::encode(Sha256::digest(plan.vcenter.url.as_bytes()));
             Trust::TrustOnFirstUse(trust_dir.join(format!("vcenter-{}.thumbprint", &h[..16])))
         }
-    }
+    })
 }
 
 async fn one_vm(
@@ -273,6 +276,14 @@ pub async fn run(
     events: Events,
 ) -> Outcome {
     let mut out = Outcome::default();
+    // First: no password goes anywhere without a trust rule.
+    let trust = match trust(plan, trust_dir) {
+        Ok(t) => t,
+        Err(e) => {
+            out.error = Some(format!("plan refused: {e}"));
+            return out;
+        }
+    };
     let vc = match cred(creds, &plan.vcenter.credential, "vcenter.credential") {
         Ok(c) => c,
         Err(e) => {
@@ -293,7 +304,7 @@ pub async fn run(
             vc.user.as_deref().unwrap_or_default(),
             vc.password.as_deref().unwrap_or_default(),
         ),
-        trust(plan, trust_dir),
+        trust,
     );
     let client = match Client::connect(&opts).await {
         Ok(c) => c,

@@ -73,6 +73,19 @@ keep_daily = "seven"
     let text = std::fs::read_to_string(&plan)
         .unwrap()
         .replace("\"seven\"", "7");
+    // No thumbprint, CA or explicit trust on first use: refused, saying why.
+    std::fs::write(&plan, &text).unwrap();
+    let o = run(&["plan", "check", plan.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("vcenter") && err.contains("trust_on_first_use") && err.contains("password"),
+        "{err}"
+    );
+    let text = text.replace(
+        "credential = \"vc\"\n",
+        "credential = \"vc\"\ntrust_on_first_use = true\n",
+    );
     std::fs::write(&plan, text).unwrap();
     let o = run(&["plan", "check", plan.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

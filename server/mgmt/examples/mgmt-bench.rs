@@ -210,7 +210,7 @@ async fn main() {
     let started = Instant::now();
     for i in 0..n_plans {
         let plan = ferry_api::Plan::from_toml(&format!(
-            "name = \"plan-{}\"\nschedule = \"0 2 * * *\"\n[vcenter]\nurl = \"https://vc\"\ncredential = \"vc\"\n[vms]\nall = true\n[destination]\nurl = \"/srv/ferry\"\n",
+            "name = \"plan-{}\"\nschedule = \"0 2 * * *\"\n[vcenter]\nurl = \"https://vc\"\ncredential = \"vc\"\ntrust_on_first_use = true\n[vms]\nall = true\n[destination]\nurl = \"/srv/ferry\"\n",
             i % 20
         ))
         .unwrap();
