@@ -16,6 +16,10 @@ use crate::client::{read_bounded, Client};
 use crate::error::{FaultKind, Result, VsphereError};
 use crate::soap::MoRef;
 
+/// The answers' parsing, apart so that the fuzz target builds it alone.
+#[doc(hidden)]
+pub mod json;
+
 const SESSION_HEADER: &str = "vmware-api-session-id";
 
 /// The two spellings of the vAPI REST endpoints.
@@ -69,10 +73,7 @@ struct VapiSession<'a> {
 }
 
 fn unwrap_value(dialect: VapiDialect, v: Value) -> Value {
-    match (dialect, v) {
-        (VapiDialect::Rest, Value::Object(mut m)) => m.remove("value").unwrap_or(Value::Null),
-        (_, v) => v,
-    }
+    json::unwrap_value(dialect == VapiDialect::Rest, v)
 }
 
 impl Client {
@@ -144,9 +145,8 @@ impl<'a> VapiSession<'a> {
                 _ => {}
             }
             let v = json_body(client, resp, what).await?;
-            let id = match unwrap_value(dialect, v) {
-                Value::String(s) if !s.is_empty() => s,
-                _ => return Err(shape(what, "no session id in the answer")),
+            let Some(id) = json::session_id(unwrap_value(dialect, v)) else {
+                return Err(shape(what, "no session id in the answer"));
             };
             tracing::debug!(?dialect, "vAPI session open");
             return Ok(VapiSession {
@@ -225,7 +225,7 @@ impl<'a> VapiSession<'a> {
 
     async fn vms_with_tags(&self, wanted: &[String]) -> Result<Vec<(String, Vec<MoRef>)>> {
         let specs: Vec<TagSpec> = wanted.iter().map(|s| TagSpec::parse(s)).collect();
-        let ids = strings(
+        let ids = json::strings(
             self.get(self.tagging_url("tag", None, None), "listing tags")
                 .await?,
         );
@@ -235,9 +235,9 @@ impl<'a> VapiSession<'a> {
             let t = self
                 .get(self.tagging_url("tag", Some(&id), None), "reading a tag")
                 .await?;
-            let name = t.get("name").and_then(Value::as_str).unwrap_or_default();
+            let name = json::name(&t);
             if specs.iter().any(|s| s.name == name) {
-                let cat = t.get("category_id").and_then(Value::as_str).unwrap_or("");
+                let cat = json::category_id(&t);
                 named
                     .entry(name.to_string())
                     .or_default()
@@ -253,7 +253,7 @@ impl<'a> VapiSession<'a> {
                         "reading a tag category",
                     )
                     .await?;
-                let n = c.get("name").and_then(Value::as_str).unwrap_or_default();
+                let n = json::name(&c);
                 categories.insert(cat.clone(), n.to_string());
             }
         }
@@ -300,29 +300,13 @@ impl<'a> VapiSession<'a> {
                     "listing the objects of a tag",
                 )
                 .await?;
-            let vms = match attached {
-                Value::Array(a) => a
-                    .iter()
-                    .filter(|o| o.get("type").and_then(Value::as_str) == Some("VirtualMachine"))
-                    .filter_map(|o| o.get("id").and_then(Value::as_str))
-                    .map(|id| MoRef::new("VirtualMachine", id))
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let vms = json::attached_vm_ids(&attached)
+                .into_iter()
+                .map(|id| MoRef::new("VirtualMachine", id))
+                .collect();
             out.push((text.clone(), vms));
         }
         Ok(out)
-    }
-}
-
-/// A JSON array of strings (null, as some servers answer for none, is empty).
-fn strings(v: Value) -> Vec<String> {
-    match v {
-        Value::Array(a) => a
-            .into_iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
     }
 }
 
@@ -345,10 +329,7 @@ async fn json_body(client: &Client, resp: reqwest::Response, what: &str) -> Resu
             })
         }
     };
-    if data.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Null);
-    }
-    serde_json::from_slice(&data).map_err(|e| shape(what, &format!("not JSON: {e}")))
+    json::body(&data).map_err(|e| shape(what, &format!("not JSON: {e}")))
 }
 
 #[cfg(test)]
@@ -372,9 +353,12 @@ mod tests {
     #[test]
     fn rest_answers_are_unwrapped() {
         let v: Value = serde_json::from_str(r#"{"value":["a","b"]}"#).unwrap();
-        assert_eq!(strings(unwrap_value(VapiDialect::Rest, v)), vec!["a", "b"]);
+        assert_eq!(
+            json::strings(unwrap_value(VapiDialect::Rest, v)),
+            vec!["a", "b"]
+        );
         let v: Value = serde_json::from_str(r#"["a"]"#).unwrap();
-        assert_eq!(strings(unwrap_value(VapiDialect::Api, v)), vec!["a"]);
-        assert!(strings(Value::Null).is_empty());
+        assert_eq!(json::strings(unwrap_value(VapiDialect::Api, v)), vec!["a"]);
+        assert!(json::strings(Value::Null).is_empty());
     }
 }
