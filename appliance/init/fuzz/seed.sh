@@ -20,3 +20,7 @@ cat > "$d/vapp.xml" <<'XML'
 <Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1"><PropertySection><Property oe:key="a" oe:value="1"/></PropertySection><Entity oe:id="b"><PropertySection><Property oe:key="a" oe:value="2"/></PropertySection></Entity></Environment>
 XML
 printf '<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1"><PropertySection>' > "$d/truncated.xml"
+c=corpus/config
+mkdir -p "$c"
+printf 'BOOT_IMAGE=/vmlinuz console=ttyS0 ferry.ip=10.0.2.77/24 ferry.gateway=10.0.2.2 ferry.dns=10.0.2.3,1.1.1.1 ferry.hostname="backup-01"\0ntp=pool.ntp.org\nmgmt=[::1]:9876\nnetmask=255.255.255.0\n\0{"token":"abc","vcenter_password":"S3CR3T\\u0001","debug":"1","log":5}' > "$c/all"
+printf 'ferry.net=static ferry.ip=10.0.2.999 ferry.token=S3CR3T\x01 ferry.vcenter_thumbprint=ab:cd ferry.bogus' > "$c/bad"

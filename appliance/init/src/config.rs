@@ -930,4 +930,58 @@ mod tests {
             NetMode::Static(StaticNet { prefix: 20, .. })
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_sources_never_panic_and_keep_only_valid_values(
+            cmdline in "\\PC{0,120}",
+            gi in proptest::collection::btree_map("[a-z_]{1,18}", "\\PC{0,40}", 0..6),
+            state in "\\PC{0,80}",
+        ) {
+            let mut cfg = Config::default();
+            cfg.merge_state_json(&state);
+            cfg.merge_guestinfo(&gi);
+            cfg.merge_cmdline(&cmdline);
+            cfg.finish();
+            for (name, e) in &cfg.entries {
+                let k = KEYS.iter().find(|k| k.name == *name).unwrap();
+                proptest::prop_assert!((k.validate)(&e.value).is_ok());
+            }
+            if let NetMode::Static(s) = cfg.net_mode() {
+                proptest::prop_assert!((1..=32).contains(&s.prefix));
+            }
+            let _ = (cfg.view(), cfg.dns(), cfg.ntp(), cfg.log_level(), cfg.agent_env());
+        }
+
+        #[test]
+        fn rejected_secrets_are_never_echoed(
+            key in "(token|vcenter_password)",
+            // Invalid for both validators: a control character, or too long.
+            secret in "S3CR3T[a-z]{0,8}(\u{1}|[a-z]{600})",
+            via_guestinfo in proptest::bool::ANY,
+        ) {
+            let mut cfg = Config::default();
+            if via_guestinfo {
+                cfg.merge_guestinfo(&BTreeMap::from([(key.clone(), secret.clone())]));
+            } else {
+                cfg.merge_cmdline(&format!("ferry.{key}={secret}"));
+            }
+            cfg.finish();
+            proptest::prop_assert!(cfg.get(&key).is_none());
+            proptest::prop_assert!(!cfg.errors.is_empty());
+            for e in &cfg.errors {
+                proptest::prop_assert!(!e.contains("S3CR3T"), "{}", e);
+            }
+        }
+
+        #[test]
+        fn cmdline_words_round_trip(words in proptest::collection::vec("[!#-~]{1,12}( [!#-~]{1,6})?", 0..8)) {
+            // Words with a space are quoted, as a boot loader writes `key="a b"`.
+            let line: Vec<String> = words
+                .iter()
+                .map(|w| if w.contains(' ') { format!("\"{w}\"") } else { w.clone() })
+                .collect();
+            proptest::prop_assert_eq!(split_cmdline(&line.join("  ")), words);
+        }
+    }
 }
