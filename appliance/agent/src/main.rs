@@ -25,6 +25,7 @@ mod license;
 mod pairing;
 mod plans;
 mod registration;
+mod renew;
 mod revocation;
 mod storage_check;
 
@@ -153,6 +154,7 @@ async fn run(state_dir: PathBuf, events: Arc<events::EventLog>) -> anyhow::Resul
         }
     }
     tokio::spawn(registration::hello_loop(agent.clone()));
+    tokio::spawn(renew::renew_loop(agent.clone()));
     tokio::spawn(plans::scheduler(agent.clone()));
     tokio::select! {
         _ = ferry_tls::serve::serve(listener, tls_rx, api::router(ctx)) => {}

@@ -228,6 +228,23 @@ pub struct AgentInfo {
     pub role: PeerRole,
 }
 
+/// `POST /v1/agent/renew` on the management server, over mTLS with the caller's current
+/// certificate: a CSR for the key the renewed certificate is for (the same key, or a new one).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RenewRequest {
+    /// PKCS#10 request (PEM); its subject is ignored, the CA names the holder.
+    pub csr_pem: String,
+}
+
+/// The answer to [`RenewRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RenewResponse {
+    /// The new certificate (PEM), for the same id and role.
+    pub cert_pem: String,
+    /// The management CA (PEM).
+    pub ca_pem: String,
+}
+
 /// `POST /v1/agents/pair`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PairRequest {

@@ -101,6 +101,26 @@ pub fn dns_names(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// A certificate's validity, `(not_before, not_after)` in Unix seconds (`None` when it
+/// does not parse).
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// Whether the first certificate of `cert_pem` should be renewed at `now_unix`: from two
+/// thirds of its lifetime on (an unreadable certificate is due).
+pub fn renewal_due(cert_pem: &str, now_unix: i64) -> bool {
+    let Some((from, until)) = certs_from_pem(cert_pem)
+        .ok()
+        .and_then(|c| c.first().and_then(|c| validity(c.as_ref())))
+    else {
+        return true;
+    };
+    now_unix >= from + (until - from) * 2 / 3
+}
+
 /// A reqwest client on `cfg` (HTTP/1.1; the caller's config decides trust and identity).
 pub fn http_client(cfg: rustls::ClientConfig) -> Result<reqwest::Client, TlsError> {
     reqwest::Client::builder()

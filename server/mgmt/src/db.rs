@@ -1,4 +1,5 @@
-//! SQLite state: tokens, agents, admins, plans, collected jobs and logs.
+//! SQLite state: tokens, agents (and every certificate issued to each), admins, plans,
+//! collected jobs and logs.
 //!
 //! One connection behind a mutex (WAL, `synchronous=NORMAL`); every statement is short.
 //! The file is created 0600. Plan bodies (plan and credentials) are sealed with the key
@@ -38,6 +39,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     record TEXT NOT NULL, PRIMARY KEY (agent_id, seq));
 CREATE TABLE IF NOT EXISTS revoked (
     sha256 TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, revoked INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS agent_certs (
+    sha256 TEXT PRIMARY KEY, agent_id TEXT NOT NULL, issued INTEGER NOT NULL,
+    renewal INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS logs (
     agent_id TEXT NOT NULL, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, level TEXT NOT NULL,
     message TEXT NOT NULL, PRIMARY KEY (agent_id, seq));
@@ -227,8 +231,14 @@ impl Db {
 
     /// Registers an agent.
     pub fn add_agent(&self, a: &AgentInfo) -> Result<(), MgmtError> {
-        self.c()
-            .execute(
+        let mut c = self.c();
+        let tx = c.transaction().map_err(sql)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO agent_certs (sha256, agent_id, issued) VALUES (?1,?2,?3)",
+            params![a.cert_sha256, a.id, a.registered_unix],
+        )
+        .map_err(sql)?;
+        tx.execute(
                 "INSERT INTO agents (id, hostname, address, addresses, version, cert_sha256, state, registered, last_seen, role)
                  VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
                 params![
@@ -245,7 +255,67 @@ impl Db {
                 ],
             )
             .map_err(sql)?;
+        tx.commit().map_err(sql)?;
         Ok(())
+    }
+
+    /// Records a renewed certificate of agent `id`: it becomes the current one; the
+    /// earlier ones stay valid until they expire (the agent may not have installed the new
+    /// one yet), and all are revoked together when the agent is.
+    pub fn add_renewed_cert(&self, id: &str, sha256: &str, now: i64) -> Result<(), MgmtError> {
+        let mut c = self.c();
+        let tx = c.transaction().map_err(sql)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO agent_certs (sha256, agent_id, issued, renewal) VALUES (?1,?2,?3,1)",
+            params![sha256, id, now],
+        )
+        .map_err(sql)?;
+        tx.execute(
+            "UPDATE agents SET cert_sha256 = ?2 WHERE id = ?1",
+            params![id, sha256],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(())
+    }
+
+    /// When agent `id` last renewed its certificate.
+    pub fn last_renewal(&self, id: &str) -> Result<Option<i64>, MgmtError> {
+        self.c()
+            .query_row(
+                "SELECT MAX(issued) FROM agent_certs WHERE agent_id = ?1 AND renewal = 1",
+                params![id],
+                |r| r.get(0),
+            )
+            .map_err(sql)
+    }
+
+    /// Every certificate fingerprint ever issued to agent `id` (the current one first).
+    pub fn agent_cert_shas(&self, id: &str) -> Result<Vec<String>, MgmtError> {
+        let c = self.c();
+        let mut st = c
+            .prepare(
+                "SELECT cert_sha256 FROM agents WHERE id = ?1
+                 UNION SELECT sha256 FROM agent_certs WHERE agent_id = ?1",
+            )
+            .map_err(sql)?;
+        let mut v = st
+            .query_map(params![id], |r| r.get::<_, String>(0))
+            .map_err(sql)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql)?;
+        let current: Option<String> = c
+            .query_row(
+                "SELECT cert_sha256 FROM agents WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql)?;
+        if let Some(cur) = current {
+            v.sort_by_key(|s| *s != cur);
+        }
+        Ok(v)
     }
 
     fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentInfo> {
@@ -305,12 +375,14 @@ impl Db {
             .map_err(sql)
     }
 
-    /// One agent by certificate fingerprint.
+    /// One agent by certificate fingerprint: its current certificate or an earlier one
+    /// (renewal keeps those valid until they expire).
     pub fn agent_by_cert(&self, sha256: &str) -> Result<Option<AgentInfo>, MgmtError> {
         self.c()
             .query_row(
                 &format!(
-                    "SELECT {} FROM agents WHERE cert_sha256 = ?1",
+                    "SELECT {} FROM agents WHERE cert_sha256 = ?1
+                     OR id = (SELECT agent_id FROM agent_certs WHERE sha256 = ?1)",
                     Self::AGENT_COLS
                 ),
                 params![sha256],

@@ -10,7 +10,7 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use ferry_api::v1::{
     AgentHello, AgentInfo, AgentState, ApiError, EnrollRequest, EnrollResponse, HelloResponse,
-    PairRequest, PlanPush, PlanSummary, TokenCreate,
+    PairRequest, PlanPush, PlanSummary, RenewRequest, RenewResponse, TokenCreate,
 };
 use ferry_api::{parse_body, MAX_BODY};
 use ferry_tls::pki::Role;
@@ -55,6 +55,7 @@ pub fn router(m: Arc<Mgmt>) -> Router {
         .route("/v1/enroll", post(enroll))
         .route("/v1/agent/hello", post(hello))
         .route("/v1/agent/license", get(agent_license))
+        .route("/v1/agent/renew", post(agent_renew))
         .route("/v1/agent/revocations", get(agent_revocations))
         .route("/v1/admins", get(admins_list).post(admin_create))
         .route("/v1/admins/{name}/revoke", post(admin_revoke))
@@ -219,6 +220,49 @@ async fn agent_license(
         .ok_or_else(|| Fail(StatusCode::NOT_FOUND, "the license service is off".into()))
 }
 
+/// Least time between two renewals of one agent's certificate: renewal is due after
+/// 550 days, so this only stops a caller from filling the registry with certificates.
+const RENEW_MIN_INTERVAL_SECS: i64 = 3600;
+
+/// Renews the caller's certificate: an active agent or node, known by the certificate it
+/// connected with, gets a new one for the same id and role, for the key of its CSR.
+async fn agent_renew(
+    State(m): State<Arc<Mgmt>>,
+    Extension(peer): Extension<Peer>,
+    b: Bytes,
+) -> R<RenewResponse> {
+    let a = agent(&m, &peer)?;
+    let req: RenewRequest = body(&b)?;
+    let t = now();
+    if let Some(last) = m.db.last_renewal(&a.id)? {
+        if t - last < RENEW_MIN_INTERVAL_SECS {
+            return Err(Fail(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "the certificate of {} was renewed {}s ago; try again later",
+                    a.id,
+                    t - last
+                ),
+            ));
+        }
+    }
+    let cert_pem =
+        m.ca.sign_csr(&req.csr_pem, Role::Agent, &a.id, agents::CERT_DAYS)
+            .map_err(|e| Fail(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let sha = ferry_tls::pem_sha256(&cert_pem).map_err(MgmtError::from)?;
+    m.db.add_renewed_cert(&a.id, &sha, t)?;
+    tracing::info!(
+        "renewed the certificate of {} {} (sha256 {sha}, was {})",
+        a.role.as_str(),
+        a.id,
+        peer.cert_sha256.as_deref().unwrap_or("")
+    );
+    Ok(Json(RenewResponse {
+        cert_pem,
+        ca_pem: m.ca.cert_pem().to_string(),
+    }))
+}
+
 async fn agent_revocations(
     State(m): State<Arc<Mgmt>>,
     Extension(peer): Extension<Peer>,
@@ -327,7 +371,10 @@ async fn revoke(
     let who = admin(&m, &peer)?;
     let a = known_agent(&m, &id)?;
     m.db.set_agent_state(&id, AgentState::Revoked)?;
-    m.db.revoke_cert(&a.cert_sha256, "agent", &id, now())?;
+    // Every certificate it was issued: a renewed agent may still hold the earlier ones.
+    for sha in m.db.agent_cert_shas(&a.id)? {
+        m.db.revoke_cert(&sha, "agent", &id, now())?;
+    }
     tracing::warn!("audit: admin {who} revoked agent {id}");
     agents::spawn_push_revocations(m.clone());
     Ok(Json(known_agent(&m, &id)?))
