@@ -86,6 +86,12 @@ impl Secrets {
     pub fn from_file(path: &std::path::Path) -> Result<Secrets, StoreError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| StoreError::from_io("read secrets file", &path.to_string_lossy(), e))?;
+        Secrets::parse(&text, path)
+    }
+
+    /// Parses the text of a secrets file; `path` only names it in errors, which never quote
+    /// a value.
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<Secrets, StoreError> {
         let mut s = Secrets::default();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -254,5 +260,82 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
         std::fs::write(&p, "pasword = x\n").unwrap();
         assert!(Secrets::from_file(&p).is_err());
+    }
+
+    const NAMES: &[&str] = &[
+        "password",
+        "key_file",
+        "key_passphrase",
+        "known_hosts",
+        "host_fingerprint",
+        "ca_file",
+        "identity_file",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn any_secrets_text_parses_or_fails_without_quoting_values(
+            lines in proptest::collection::vec("\\PC{0,30}", 0..8),
+        ) {
+            // Every line's value carries a marker; no error may quote it.
+            let text: String = lines.iter().map(|l| format!("{l}SeCrEt\n")).collect();
+            if let Err(e) = Secrets::parse(&text, std::path::Path::new("/s")) {
+                proptest::prop_assert!(!e.to_string().contains("SeCrEt"), "{}", e);
+            }
+        }
+
+        #[test]
+        fn secrets_lines_round_trip(
+            entries in proptest::collection::vec((0..NAMES.len(), "[!-~]([ -~]{0,20}[!-~])?", proptest::bool::ANY), 0..8),
+        ) {
+            let mut text = String::from("# secrets\n\n");
+            let mut want = std::collections::BTreeMap::new();
+            for (i, v, quoted) in &entries {
+                let v = v.trim_matches('"');
+                if v.is_empty() {
+                    continue;
+                }
+                let shown = if *quoted { format!("\"{v}\"") } else { v.to_string() };
+                text.push_str(&format!("  {} = {shown}\n", NAMES[*i]));
+                want.insert(NAMES[*i], v.to_string());
+            }
+            let s = Secrets::parse(&text, std::path::Path::new("/s")).unwrap();
+            let got = |n: &str| -> Option<String> {
+                match n {
+                    "password" => s.password.clone(),
+                    "key_file" => s.key_file.as_ref().map(|p| p.display().to_string()),
+                    "key_passphrase" => s.key_passphrase.clone(),
+                    "known_hosts" => s.known_hosts.as_ref().map(|p| p.display().to_string()),
+                    "host_fingerprint" => s.host_fingerprint.clone(),
+                    "ca_file" => s.ca_file.as_ref().map(|p| p.display().to_string()),
+                    "identity_file" => s.client_identity.as_ref().map(|p| p.display().to_string()),
+                    "access_key_id" => s.access_key_id.clone(),
+                    "secret_access_key" => s.secret_access_key.clone(),
+                    _ => s.session_token.clone(),
+                }
+            };
+            for (n, v) in want {
+                proptest::prop_assert_eq!(got(n), Some(v));
+            }
+            proptest::prop_assert_eq!(format!("{s:?}"), "Secrets(<redacted>)");
+        }
+
+        #[test]
+        fn rates_never_panic_and_scale(s in "\\PC{0,24}", n in 1u64..(1 << 40)) {
+            let _ = parse_rate(&s);
+            proptest::prop_assert_eq!(parse_rate(&format!("{n}k/s")), Some(n * 1024));
+            proptest::prop_assert_eq!(parse_rate(&format!("{n}")), Some(n));
+        }
+
+        #[test]
+        fn url_parameters_never_panic(name in "[a-z_]{1,20}", value in "\\PC{0,24}") {
+            let mut o = StoreOptions::default();
+            if o.apply_param(&name, &value).unwrap_or(false) {
+                proptest::prop_assert!(o.parallel > 0 && o.op_timeout.as_secs() > 0);
+            }
+        }
     }
 }
