@@ -83,9 +83,9 @@
 //!   must declare its length, at most what an index of a 62 TiB disk needs at the vault's
 //!   chunk size ([`vault::commit_cap`]) and what the quota still allows (507); an index must
 //!   declare exactly the decoded size of the disk its manifest names, checked before zstd
-//!   runs; each identity runs 16 chunk uploads and 1 commit at once, queues 48 and 4 more,
-//!   and gets 429 beyond (the `node://` client retries); node-wide, 64 uploads and 2 commits
-//!   run at once. Only an admin may take an exclusive lock (GC is the node's job): a grantee
+//!   runs; each identity runs 16 chunk uploads and 2 commits at once, queues 48 and 4 more,
+//!   and gets 429 beyond (the `node://` client retries); node-wide, 64 uploads run at once,
+//!   and commits weighing twice their body up to 1 GiB. Only an admin may take an exclusive lock (GC is the node's job): a grantee
 //!   cannot stop the other tenants' backups, and an admin removes any lock at once.
 //! - **Quota** counts every byte in the vault directory (counted at start and after GC and
 //!   prune, then kept as a running total). A chunk or commit that would exceed it gets 507;

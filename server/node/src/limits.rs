@@ -3,8 +3,10 @@
 //!
 //! A [`Gate`] lets each identity run a few requests of its kind at once and queue a few more
 //! (waiting costs a connection, no body: the body is read only once admitted); beyond that
-//! the request gets 429, which the `node://` client retries with backoff. A node-wide limit
-//! caps what all identities together hold.
+//! the request gets 429, which the `node://` client retries with backoff. A node-wide budget
+//! caps what all identities together hold: a number of uploads, and for commits their bytes
+//! (a commit waiting for a GC's lock on one vault then holds back only as much as it weighs,
+//! and small commits of other vaults go on).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,13 +19,24 @@ pub const UPLOADS_RUNNING: usize = 16;
 /// Chunk uploads one identity may have waiting beyond those.
 pub const UPLOADS_QUEUED: usize = 48;
 /// Chunk uploads running node-wide (each holds at most `MAX_CHUNK_BODY`).
-pub const UPLOADS_GLOBAL: usize = 64;
+pub const UPLOADS_GLOBAL: u32 = 64;
 /// Commits one identity may run at once.
-pub const COMMITS_RUNNING: usize = 1;
+pub const COMMITS_RUNNING: usize = 2;
 /// Commits one identity may have waiting.
 pub const COMMITS_QUEUED: usize = 4;
-/// Commits running node-wide (each holds its body and decoded indexes).
-pub const COMMITS_GLOBAL: usize = 2;
+/// KiB of commits in memory node-wide: a commit weighs twice its body (the body, then its
+/// decoded indexes), so the largest commit (512 MiB) runs alone and small ones side by side.
+pub const COMMITS_GLOBAL_KIB: u32 = 1 << 20;
+
+/// What a commit of `len` body bytes weighs against [`COMMITS_GLOBAL_KIB`].
+pub fn commit_weight(len: u64) -> u32 {
+    u32::try_from(len.saturating_mul(2).div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .clamp(1, COMMITS_GLOBAL_KIB)
+}
+
+/// One identity's places (running) and its count of requests admitted (running or waiting).
+type PerIdentity = (Arc<Semaphore>, Arc<AtomicUsize>);
 
 /// One kind of request, limited per identity and node-wide.
 #[derive(Debug)]
@@ -32,7 +45,8 @@ pub struct Gate {
     running: usize,
     queued: usize,
     global: Arc<Semaphore>,
-    per: Mutex<HashMap<String, (Arc<Semaphore>, Arc<AtomicUsize>)>>,
+    global_total: u32,
+    per: Mutex<HashMap<String, PerIdentity>>,
 }
 
 /// Admission of one request; dropping it frees the place.
@@ -73,21 +87,22 @@ pub struct Busy {
 }
 
 impl Gate {
-    /// A gate of `running` requests at once per identity, `queued` more waiting, `global`
-    /// at once node-wide.
-    pub fn new(what: &'static str, running: usize, queued: usize, global: usize) -> Gate {
+    /// A gate of `running` requests at once per identity, `queued` more waiting, and a
+    /// node-wide budget of `global` (in the weight units [`Gate::enter`] is given).
+    pub fn new(what: &'static str, running: usize, queued: usize, global: u32) -> Gate {
         Gate {
             what,
             running,
             queued,
-            global: Arc::new(Semaphore::new(global)),
+            global: Arc::new(Semaphore::new(global as usize)),
+            global_total: global,
             per: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Admits a request of `who`: waits for its turn, or refuses at once when `who` already
-    /// has `running + queued` requests admitted.
-    pub async fn enter(&self, who: &str) -> Result<Permit, Busy> {
+    /// Admits a request of `who` weighing `weight` of the node-wide budget: waits for its
+    /// turn, or refuses at once when `who` already has `running + queued` requests admitted.
+    pub async fn enter(&self, who: &str, weight: u32) -> Result<Permit, Busy> {
         let (own, count) = {
             let mut per = self.per.lock().unwrap_or_else(|e| e.into_inner());
             per.entry(who.to_string())
@@ -106,7 +121,7 @@ impl Gate {
             })
             .is_err()
         {
-            tracing::warn!("refused a {} of {who}: {limit} already admitted", self.what);
+            tracing::warn!("refused {who}: {limit} {} already admitted", self.what);
             return Err(Busy {
                 who: who.to_string(),
                 what: self.what,
@@ -128,7 +143,7 @@ impl Gate {
         let global = self
             .global
             .clone()
-            .acquire_owned()
+            .acquire_many_owned(weight.clamp(1, self.global_total))
             .await
             .map_err(|_| busy())?;
         Ok(Permit {
@@ -157,7 +172,12 @@ impl Default for Gates {
                 UPLOADS_QUEUED,
                 UPLOADS_GLOBAL,
             ),
-            commits: Gate::new("commits", COMMITS_RUNNING, COMMITS_QUEUED, COMMITS_GLOBAL),
+            commits: Gate::new(
+                "commits",
+                COMMITS_RUNNING,
+                COMMITS_QUEUED,
+                COMMITS_GLOBAL_KIB,
+            ),
         }
     }
 }
@@ -171,25 +191,45 @@ mod tests {
     #[tokio::test]
     async fn one_identity_is_bounded_and_the_others_go_on() {
         let g = Arc::new(Gate::new("commits", 1, 2, 2));
-        let first = g.enter("a").await.unwrap();
+        let first = g.enter("a", 1).await.unwrap();
         // Two more of a wait; a fourth is refused at once.
         let w1 = tokio::spawn({
             let g = g.clone();
-            async move { g.enter("a").await.map(|_| ()) }
+            async move { g.enter("a", 1).await.map(|_| ()) }
         });
         let w2 = tokio::spawn({
             let g = g.clone();
-            async move { g.enter("a").await.map(|_| ()) }
+            async move { g.enter("a", 1).await.map(|_| ()) }
         });
         // Single-threaded runtime: both waiters run up to their wait before this resumes.
         tokio::task::yield_now().await;
-        let e = g.enter("a").await.unwrap_err();
+        let e = g.enter("a", 1).await.unwrap_err();
         assert!(e.to_string().contains("retry later"), "{e}");
         // Another identity is served meanwhile.
-        drop(g.enter("b").await.unwrap());
+        drop(g.enter("b", 1).await.unwrap());
         drop(first);
         w1.await.unwrap().unwrap();
         w2.await.unwrap().unwrap();
-        drop(g.enter("a").await.unwrap());
+        drop(g.enter("a", 1).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_heavy_request_waits_for_the_budget_and_light_ones_share_it() {
+        let g = Arc::new(Gate::new("commits", 2, 2, 100));
+        let light = g.enter("a", 10).await.unwrap();
+        let other = g.enter("b", 10).await.unwrap();
+        // Heavier than the whole budget: clamped, so it runs once the others are done.
+        let heavy = tokio::spawn({
+            let g = g.clone();
+            async move { g.enter("c", 1000).await.map(|_| ()) }
+        });
+        tokio::task::yield_now().await;
+        assert!(!heavy.is_finished());
+        drop(light);
+        drop(other);
+        heavy.await.unwrap().unwrap();
+        assert_eq!(commit_weight(0), 1);
+        assert_eq!(commit_weight(512 << 20), COMMITS_GLOBAL_KIB);
+        assert_eq!(commit_weight(4096), 8);
     }
 }

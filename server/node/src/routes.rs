@@ -302,7 +302,7 @@ async fn chunk_put(
     if let Some(len) = content_length(&headers).filter(|l| *l > MAX_CHUNK_BODY as u64) {
         return Err(too_large(len, MAX_CHUNK_BODY));
     }
-    let _permit = gates.uploads.enter(&c.who).await?;
+    let _permit = gates.uploads.enter(&c.who, 1).await?;
     let b = read_body(&headers, body, MAX_CHUNK_BODY).await?;
     match c.vault.put_chunk(&digest, b).await {
         Ok(created) => Ok(Json(PutResponse { created })),
@@ -416,7 +416,10 @@ async fn commit(
         }
         .into());
     }
-    let _permit = gates.commits.enter(&c.who).await?;
+    let _permit = gates
+        .commits
+        .enter(&c.who, crate::limits::commit_weight(len))
+        .await?;
     let b = read_body(&headers, body, cap).await?;
     let objects = ferry_api::node::split_commit(&b).map_err(bad)?;
     let created = c.vault.commit(&id, &c.who, objects).await?;

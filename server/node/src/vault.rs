@@ -615,3 +615,42 @@ impl Vault {
         res
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn index_sizes_and_commit_caps_follow_the_disk_and_chunk_size() {
+        // 4 chunks of 1 MiB: header and four digests.
+        assert_eq!(index_plain_len(4 << 20, 1 << 20).unwrap(), 20 + 4 * 32);
+        assert_eq!(index_plain_len(0, 4 << 20).unwrap(), 20);
+        assert!(index_plain_len(MAX_DISK_SIZE + 1, 4 << 20).is_err());
+        assert!(index_plain_len(1 << 30, 1000).is_err());
+        // A 62 TiB disk (vSphere's largest) fits the cap at every chunk size from 4 MiB up.
+        for cs in [4u32 << 20, 8 << 20, 16 << 20] {
+            let need = index_plain_len(62 << 40, cs).unwrap() as usize;
+            assert!(commit_cap(cs) > need + 2 * ferry_api::MAX_BODY, "{cs}");
+        }
+        // 16 MiB chunks: a 128 MiB index at most, so a cap near 130 MiB, not 512 MiB.
+        assert!(commit_cap(16 << 20) < 140 << 20);
+        assert!(commit_cap(1 << 20) <= ferry_api::node::MAX_COMMIT_BODY);
+    }
+
+    #[test]
+    fn an_index_envelope_must_declare_what_its_disk_needs() {
+        let idx = Index {
+            disk_size: 3 << 20,
+            chunk_size: 1 << 20,
+            entries: vec![ZERO_DIGEST; 3],
+        }
+        .encode()
+        .unwrap();
+        check_index_envelope("i", &idx, 3 << 20, 1 << 20).unwrap();
+        let e = check_index_envelope("i", &idx, 300 << 20, 1 << 20).unwrap_err();
+        assert!(e.contains("refused before decompression"), "{e}");
+        assert!(check_index_envelope("i", &idx[..20], 3 << 20, 1 << 20).is_err());
+    }
+}
