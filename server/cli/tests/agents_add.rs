@@ -17,8 +17,7 @@ use common::{free_port, serve_mgmt, sibling_bin, Kill, FERRY};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn agent_bin() -> PathBuf {
     sibling_bin("ferry-agent", "ferry-agent", "FERRY_AGENT_BIN")
@@ -40,6 +39,10 @@ fn agents_add_pairs_an_unregistered_agent() {
     let aport = free_port();
     let astate = dir.path().join("agent");
     std::fs::create_dir_all(astate.join("run")).unwrap();
+    // The agent shows its pairing code on the console device only; here a file stands in
+    // for /dev/console (it must exist: the agent never creates it).
+    let console = dir.path().join("console");
+    std::fs::write(&console, "").unwrap();
     let mut agent = Command::new(agent_bin())
         .env_clear()
         .env("FERRY_STATE_DIR", &astate)
@@ -47,6 +50,7 @@ fn agents_add_pairs_an_unregistered_agent() {
         // Bound to loopback only: the server must keep using the address it paired with.
         .env("FERRY_LISTEN", format!("127.0.0.1:{aport}"))
         .env("FERRY_LOG", "info")
+        .env("FERRY_CONSOLE", &console)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -54,19 +58,25 @@ fn agents_add_pairs_an_unregistered_agent() {
         .unwrap();
     let stderr = agent.stderr.take().unwrap();
     let _agent = Kill(agent);
-    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(stderr).lines() {
             let Ok(l) = l else { break };
             eprintln!("[agent] {l}");
-            if let Some(rest) = l.split("PAIRING CODE ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
-            }
         }
     });
-    let code = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("pairing code");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        let text = std::fs::read_to_string(&console).unwrap();
+        if let Some(rest) = text
+            .lines()
+            .rev()
+            .find_map(|l| l.split("PAIRING CODE ").nth(1))
+        {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no pairing code on the console");
+        std::thread::sleep(Duration::from_millis(100));
+    };
 
     let ferry = |args: &[&str]| {
         Command::new(FERRY)
@@ -116,6 +126,13 @@ fn agents_add_pairs_an_unregistered_agent() {
     let id = added["id"].as_str().unwrap().to_string();
     assert_eq!(added["state"], "active", "{added}");
     assert_eq!(added["address"], agent_addr.as_str(), "{added}");
+    // The fingerprint the CLI shows is the one next to the code on the appliance console.
+    let fp = added["appliance_cert_sha256"].as_str().unwrap();
+    let shown = std::fs::read_to_string(&console).unwrap();
+    assert!(
+        shown.contains(&format!("appliance certificate sha256 {fp}")),
+        "{fp} not on the console: {shown}"
+    );
     let o = ferry(&["--json", "mgmt", "agents", "list"]);
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
