@@ -404,4 +404,37 @@ mod tests {
         assert!(text.contains("agent-x -> a"), "{text}");
         assert!(text.contains("old: on disk but not in the file"), "{text}");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_fails_cleanly(text in "\\PC{0,200}") {
+            let _ = NodeConfig::parse(&text);
+        }
+
+        #[test]
+        fn toml_shaped_text_parses_or_fails_cleanly(
+            lines in proptest::collection::vec(
+                "(\\[\\[vault\\]\\]|\\[\\[grant\\]\\]|\\[schedule\\]|\\[retention\\]|name = \"[a-z/]{0,5}\"|quota = (\"[0-9]{0,22}[kMGTb]?\"|[0-9]{1,20}|-1)|identity = \"[a-z]{1,3}\"|vaults = \\[\"(\\*|[a-z]{1,2})\"\\]|admin = true|gc = \"[0-9* ]{0,12}\"|keep_last = [0-9]{1,3}|revocation_every = [0-9]{1,3})",
+                0..12,
+            ),
+        ) {
+            if let Ok(c) = NodeConfig::parse(&lines.join("\n")) {
+                proptest::prop_assert!(c.revocation_every >= 1);
+                for v in &c.vaults {
+                    proptest::prop_assert!(valid_name(&v.name));
+                }
+                let _ = c.access("a", "b");
+            }
+        }
+
+        #[test]
+        fn quotas_scale_or_fail_on_overflow(n in proptest::num::u64::ANY, s in 0usize..5) {
+            let (suffix, shift) = [("", 0), ("k", 10), ("M", 20), ("G", 30), ("T", 40)][s];
+            let text = format!("[[vault]]\nname = \"v\"\nquota = \"{n}{suffix}\"\n");
+            match n.checked_mul(1 << shift) {
+                Some(want) => proptest::prop_assert_eq!(NodeConfig::parse(&text).unwrap().vaults[0].quota, want),
+                None => proptest::prop_assert!(NodeConfig::parse(&text).is_err()),
+            }
+        }
+    }
 }
