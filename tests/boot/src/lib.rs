@@ -127,6 +127,44 @@ pub struct Vm {
     pub started: Instant,
     console: PathBuf,
     qmp: PathBuf,
+    /// The admin certificate, once [`Vm::pair_with_test_ca`] registered the agent: every
+    /// request then presents it (the agent wants mTLS after registration).
+    client: Option<ClientCert>,
+}
+
+/// A client certificate and key (PEM) for mTLS requests.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ClientCert {
+    /// The certificate chain and key for `with_client_auth_cert`.
+    pub fn rustls(
+        &self,
+    ) -> anyhow::Result<(
+        Vec<CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .context("client certificate PEM")?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .context("client key PEM")?;
+        Ok((certs, key))
+    }
+}
+
+/// The pairing code the agent shows last on a console text.
+pub fn pairing_code(console: &str) -> Option<String> {
+    console
+        .lines()
+        .rev()
+        .find_map(|l| l.split("PAIRING CODE ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_string)
 }
 
 impl Vm {
@@ -223,6 +261,7 @@ impl Vm {
             started: Instant::now(),
             console,
             qmp,
+            client: None,
         })
     }
 
@@ -273,9 +312,49 @@ impl Vm {
         }
     }
 
-    /// HTTPS request to the agent through the forwarded port.
+    /// HTTPS request to the agent through the forwarded port (with the admin certificate
+    /// once the agent is registered).
     pub fn https(&self, method: &str, path: &str) -> anyhow::Result<Response> {
-        https_request(self.port, method, path)
+        https_request_as(self.port, method, path, "", self.client.as_ref())
+    }
+
+    /// The admin certificate, once registered.
+    pub fn client(&self) -> Option<&ClientCert> {
+        self.client.as_ref()
+    }
+
+    /// Registers the agent the way `ferry mgmt agents add` does, with the pairing code on
+    /// the serial console (`/dev/console` is ttyS0 with direct kernel boot) and a CA made
+    /// here; then every request presents an admin certificate of that CA.
+    pub fn pair_with_test_ca(&mut self) -> anyhow::Result<()> {
+        use ferry_tls::pki::{Ca, Role};
+        let code = pairing_code(&self.console()).context("no pairing code on the console")?;
+        let body = serde_json::json!({ "code": code }).to_string();
+        let r = https_request_as(self.port, "POST", "/v1/pair/csr", &body, None)?;
+        if r.status != 200 {
+            bail!("POST /v1/pair/csr: HTTP {}: {}", r.status, r.body);
+        }
+        let csr: serde_json::Value = serde_json::from_str(&r.body)?;
+        let ca = Ca::create("boot test CA")?;
+        let id = "boottest0001";
+        let cert = ca.sign_csr(
+            csr["csr_pem"].as_str().context("no csr_pem")?,
+            Role::Agent,
+            id,
+            30,
+        )?;
+        let body = serde_json::json!({
+            "code": code,
+            "enrolled": { "agent_id": id, "cert_pem": cert, "ca_pem": ca.cert_pem() },
+        })
+        .to_string();
+        let r = https_request_as(self.port, "POST", "/v1/pair/complete", &body, None)?;
+        if r.status != 200 {
+            bail!("POST /v1/pair/complete: HTTP {}: {}", r.status, r.body);
+        }
+        let (cert_pem, key_pem) = ca.issue(Role::Admin, "boottest", 30)?;
+        self.client = Some(ClientCert { cert_pem, key_pem });
+        Ok(())
     }
 
     /// GET a JSON document, retrying while the agent is not reachable yet.
@@ -427,21 +506,44 @@ impl CertCheck for Recording {
 /// One HTTPS request on 127.0.0.1:`port` (TLS 1.2 or 1.3 offered, so the
 /// test can see that the agent picks 1.3).
 pub fn https_request(port: u16, method: &str, path: &str) -> anyhow::Result<Response> {
+    https_request_as(port, method, path, "", None)
+}
+
+/// [`https_request`] with a JSON body (when not empty) and a client certificate.
+pub fn https_request_as(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    client: Option<&ClientCert>,
+) -> anyhow::Result<Response> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Verifier::new(Recording::default(), provider.clone());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier.clone());
+    let cfg = match client {
+        Some(c) => {
+            let (certs, key) = c.rustls()?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
     let name = ServerName::try_from("ferry-agent")?;
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name)?;
     let sock = TcpStream::connect(("127.0.0.1", port))?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut tls = rustls::StreamOwned::new(conn, sock);
+    let ctype = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     write!(
         tls,
-        "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut raw = Vec::new();
     match tls.read_to_end(&mut raw) {

@@ -43,8 +43,9 @@ fn image_sizes_within_targets() {
     assert!(kernel + initrd < 40 << 20, "kernel + initramfs over 40 MiB");
 }
 
-/// DHCP from slirp, status and logs over TLS 1.3, agent restart, and a
-/// clean ACPI power-off: one VM, to keep TCG time down.
+/// DHCP from slirp, status over TLS 1.3, no pairing code in any answer before
+/// registration, pairing, logs and an agent restart over mTLS, and a clean ACPI
+/// power-off: one VM, to keep TCG time down.
 #[test]
 #[ignore = "boot test: run tests/boot.sh"]
 fn dhcp_boot_status_restart_powerdown() {
@@ -93,10 +94,55 @@ fn dhcp_boot_status_restart_powerdown() {
     ferry_boot_tests::tls12_is_refused(vm.port).unwrap();
     assert_eq!(r.cert_sha256, st["tls"]["sha256"].as_str().unwrap());
 
+    // Before registration: the pairing code is on the serial console (/dev/console) with
+    // the certificate's SHA-256, and in no answer of any endpoint; only status and pairing
+    // answer, the log ring and the debug hooks are refused.
+    let console = vm.console();
+    let code = ferry_boot_tests::pairing_code(&console).expect("a pairing code on the console");
+    let served = st["tls"]["sha256"].as_str().unwrap();
+    assert!(
+        console.contains(&format!("appliance certificate sha256 {served}")),
+        "{console}"
+    );
+    for (method, path, want) in [
+        ("GET", "/v1/status", 200),
+        ("GET", "/v1/logs", 403),
+        ("GET", "/v1/logs?lines=100000", 403),
+        ("POST", "/v1/debug/crash", 403),
+        ("POST", "/v1/debug/storage-check", 403),
+        ("GET", "/v1/events", 403),
+        ("GET", "/v1/plans", 403),
+        ("GET", "/v1/revocations", 403),
+        ("GET", "/v1/nope", 403),
+        ("POST", "/v1/pair/csr", 400),
+        ("POST", "/v1/pair/complete", 400),
+    ] {
+        let r = vm.https(method, path).unwrap();
+        assert_eq!(r.status, want, "{method} {path}: {}", r.body);
+        for spelled in [code.clone(), code.replace('-', "")] {
+            assert!(
+                !r.body.contains(&spelled),
+                "{method} {path} served the pairing code"
+            );
+        }
+    }
+
+    // Registered (the pairing code from the console, a CA made by the test): the admin
+    // certificate gets the log ring and the debug hooks.
+    vm.pair_with_test_ca().unwrap();
+    let st = vm
+        .wait_status("registration", Duration::from_secs(30), |s| {
+            s["registration"]["registered"] == true
+        })
+        .unwrap();
     let logs = vm.https("GET", "/v1/logs").unwrap();
     assert_eq!(logs.status, 200);
     assert!(logs.body.contains("ferry-init"), "{}", logs.body);
     assert!(logs.body.contains(READY), "{}", logs.body);
+    assert!(
+        !logs.body.contains(&code),
+        "the pairing code in the log ring"
+    );
 
     // Kill the agent: init must restart it.
     let old_pid = st["agent"]["pid"].clone();
@@ -118,6 +164,7 @@ fn dhcp_boot_status_restart_powerdown() {
         st2["tls"]["sha256"], st["tls"]["sha256"],
         "the identity is kept across restarts"
     );
+    assert_eq!(st2["registration"]["registered"], true, "{st2:#}");
     assert_eq!(vm.console_count(READY), 2);
 
     // ACPI power button.
@@ -228,5 +275,6 @@ fn bad_config_is_reported_and_dhcp_still_works() {
         "the token must never be served"
     );
     let logs = vm.https("GET", "/v1/logs").unwrap();
+    assert_eq!(logs.status, 403, "no log ring before registration");
     assert!(!logs.body.contains("sekrit-token"));
 }

@@ -153,11 +153,21 @@ fn ovmf_boot_with_ovf_env_then_reboot_keeps_identity() {
         ("netmask", "255.255.255.0"),
         ("gateway", "10.0.2.2"),
         ("mgmt", "mgmt.example.test:9876"),
-        ("vcenter", "vcenter.example.test"),
-        ("vcenter_user", "backup@vsphere.local"),
     ] {
         assert_eq!(cfg[key]["value"], value, "{key}: {st:#}");
         assert_eq!(cfg[key]["source"], "ovf-env", "{key}: {st:#}");
+    }
+    // Before registration, status says nothing about vCenter (anyone can read it).
+    for key in [
+        "vcenter",
+        "vcenter_user",
+        "vcenter_password",
+        "vcenter_thumbprint",
+    ] {
+        assert!(cfg[key].is_null(), "{key} before registration: {st:#}");
+    }
+    for hidden in ["vcenter.example.test", "backup@vsphere.local"] {
+        assert!(!st.to_string().contains(hidden), "{hidden}: {st:#}");
     }
     assert_eq!(
         cfg["ntp"]["source"], "default",
@@ -165,7 +175,6 @@ fn ovmf_boot_with_ovf_env_then_reboot_keeps_identity() {
     );
     assert_eq!(cfg["token"]["value"], "<redacted>");
     assert_eq!(cfg["token"]["source"], "ovf-env");
-    assert_eq!(cfg["vcenter_password"]["value"], "<redacted>");
     assert_eq!(st["hostname"], "ferry-ova");
     assert_eq!(st["network"]["mode"], "static");
     assert_eq!(st["network"]["address"], "10.0.2.50/24");
@@ -187,7 +196,9 @@ fn ovmf_boot_with_ovf_env_then_reboot_keeps_identity() {
     );
     assert!(console.contains("is blank; formatting it"), "{console}");
     assert!(console.contains("mounted on /var/lib/ferry"), "{console}");
-    let logs = vm.https("GET", "/v1/logs").unwrap().body;
+    let logs = vm.https("GET", "/v1/logs").unwrap();
+    assert_eq!(logs.status, 403, "no log ring before registration");
+    let logs = logs.body;
     for secret in [TOKEN, VC_PASSWORD] {
         assert!(!console.contains(secret), "a secret reached the console");
         assert!(!logs.contains(secret), "a secret reached /v1/logs");

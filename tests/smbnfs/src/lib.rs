@@ -272,18 +272,26 @@ kill_on_drop!(Ganesha);
 
 /// Accepts the agent's self-signed certificate (the boot tests pin it separately).
 /// POSTs a JSON body to the agent on 127.0.0.1:`port`; returns status and parsed body.
+/// With `client`, presents that certificate (a registered agent wants mTLS).
 pub fn post_json(
     port: u16,
     path: &str,
     body: &serde_json::Value,
     timeout: Duration,
+    client: Option<&ferry_boot_tests::ClientCert>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Verifier::new(AnyCert, provider))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Verifier::new(AnyCert, provider));
+    let cfg = match client {
+        Some(c) => {
+            let (certs, key) = c.rustls()?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
     let conn = rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from("ferry-agent")?)?;
     let sock = TcpStream::connect(("127.0.0.1", port))?;
     sock.set_read_timeout(Some(timeout))?;

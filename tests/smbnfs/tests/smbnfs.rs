@@ -1,6 +1,7 @@
 //! SMB and NFS through the appliance's kernel mounts: smbd (port 1445) and nfs-ganesha
 //! (NFSv4, VFS FSAL) on the host, the appliance booted in QEMU (direct kernel boot), and the
-//! agent's debug hook `POST /v1/debug/storage-check` driving a real backup, verify and
+//! agent's debug hook `POST /v1/debug/storage-check` (registered agents only: the test pairs
+//! it with a CA of its own first) driving a real backup, verify and
 //! restore inside the guest. The host then checks the repository in the share with
 //! `ferry verify`. Run by tests/slow/smbnfs.sh (needs the image and the peers).
 #![allow(
@@ -64,7 +65,7 @@ fn check(vm: &Vm, url: &str, password: Option<&str>, size_mib: u64) -> (u16, Val
         body["password"] = json!(p);
     }
     let t = std::time::Instant::now();
-    let (status, v) = post_json(vm.port, CHECK, &body, SLOW).unwrap();
+    let (status, v) = post_json(vm.port, CHECK, &body, SLOW, vm.client()).unwrap();
     eprintln!(
         "check {url}: HTTP {status} in {:.1}s: {v}",
         t.elapsed().as_secs_f64()
@@ -139,6 +140,8 @@ fn smb_and_nfs_kernel_mounts_in_the_appliance() {
     vm.wait_console("agent ready", Duration::from_secs(300))
         .unwrap();
     vm.get_json("/v1/status", Duration::from_secs(120)).unwrap();
+    // The debug hook answers only a registered agent, over mTLS.
+    vm.pair_with_test_ca().unwrap();
 
     // SMB 3.1.1 with encryption, user + password, repository in a subdirectory of the share.
     let smb = |path: &str| format!("smb://{SMB_USER}@10.0.2.2:{smb_port}/backups/{path}");
@@ -162,9 +165,10 @@ fn smb_and_nfs_kernel_mounts_in_the_appliance() {
     // and the next backup works.
     let port = vm.port;
     let url = smb("ferry/repo");
+    let client = vm.client().cloned();
     let worker = std::thread::spawn(move || {
         let body = json!({ "url": url, "password": SMB_PASSWORD, "size_mib": 40 });
-        post_json(port, CHECK, &body, SLOW)
+        post_json(port, CHECK, &body, SLOW, client.as_ref())
     });
     let before = walk(&repo).len();
     let t = std::time::Instant::now();
