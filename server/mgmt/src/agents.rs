@@ -527,3 +527,23 @@ pub async fn collect_loop(m: Arc<Mgmt>) {
             .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_page;
+
+    #[test]
+    fn pages_must_move_the_cursor_forward() {
+        assert!(check_page(0, &[1, 2, 3], 3).is_ok());
+        assert!(check_page(10, &[11], 11).is_ok());
+        // Same record again, a cursor that does not move, going back, out of order.
+        assert!(check_page(5, &[5], 5).is_err());
+        assert!(check_page(5, &[6], 5).is_err());
+        assert!(check_page(5, &[6, 7], 6).is_err());
+        assert!(check_page(5, &[7, 6], 7).is_err());
+        assert!(check_page(5, &[3], 9).is_err());
+        // More records than asked.
+        let many: Vec<u64> = (1..=501).collect();
+        assert!(check_page(0, &many, 501).is_err());
+    }
+}

@@ -34,7 +34,18 @@
 //!   SHA-256 of the secret. Tokens live 1 s to 30 days (`ferry mgmt token create --ttl`).
 //! - **Pairing** is two calls on the agent (`/v1/pair/csr`, `/v1/pair/complete`), each with
 //!   the console code; the server trusts the agent's self-signed certificate only for those
-//!   two calls. Five wrong codes make the agent show a new one.
+//!   two calls, and binds them to it: the leaf seen on the first call is pinned (SHA-256) for
+//!   the second connection, and the CSR must be for that leaf's key. `ferry mgmt agents add`
+//!   prints the leaf's SHA-256, which the appliance console shows too.
+//! - **Renewal** (`POST /v1/agent/renew`, mTLS): an active agent or node sends a CSR and
+//!   gets a new 825-day certificate for the same id; agents and nodes ask at two thirds of
+//!   the lifetime. Every certificate issued to an agent is kept in the registry
+//!   (`agent_certs`): earlier ones stay valid until they expire, and revoking the agent puts
+//!   all of them on the revocation list. At most one renewal per agent per hour.
+//! - **Collection** is bounded: a page must move the cursor forward and hold at most the
+//!   records asked; page bodies are read up to 8 MiB, a round stops after 64 pages of each
+//!   kind, 64 MiB or 5 minutes; one sync or collection runs per agent at a time (a hello
+//!   while one runs starts none).
 //! - **Revocation** is enforced here at once (hello, collection, plan push, run-now refuse
 //!   a revoked agent; a revoked admin's calls get 403). Every revocation also goes on a
 //!   list of certificate fingerprints that the CA signs ([`ferry_tls::revocation`]); the
