@@ -56,7 +56,7 @@ run() {
 }
 
 SFTP_REPO="sftp://$USER_NAME@127.0.0.1:$SSH_PORT$W/ferry-sftp"
-S3_REPO="s3://bkt/ferry?endpoint=http://127.0.0.1:$S3_PORT&region=us-east-1&path_style=true"
+S3_REPO="s3://bkt/ferry?endpoint=http://127.0.0.1:$S3_PORT&region=us-east-1&path_style=true&insecure=1"
 
 "$FERRY" --repo "$W/ferry-local" repo init >/dev/null
 run ferry-local "$FERRY" --repo "$W/ferry-local" backup --source "$W/disk.raw" --name disk

@@ -2,6 +2,9 @@
 //! `ftps-implicit://…` (implicit TLS from the first byte, port 990 by default; also
 //! `ftps://…?implicit=1`).
 //!
+//! Plain `ftp://` sends the password and every object in clear over the network, so it is
+//! refused unless the URL says `insecure=1` (loopback included: keep it simple and explicit).
+//!
 //! suppaftp on tokio, with rustls on ring for FTPS (roots from `ca=` / `FERRY_STORE_CA_FILE`
 //! or the system bundle; the certificate must match the host name). Passive mode, binary type.
 //! Data connections are protected too (`PBSZ 0`, `PROT P`) in both TLS modes.
@@ -237,8 +240,10 @@ impl FtpStore {
         };
         let password = opts.secrets.password.clone().unwrap_or_default();
         let mut max_idle = opts.parallel.clamp(1, 4);
+        let mut insecure = false;
         for (k, v) in url.query_pairs() {
             match &*k {
+                "insecure" => insecure = matches!(&*v, "1" | "true" | "yes" | "on"),
                 "connections" => {
                     max_idle = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                         StoreError::BadLocation(format!("bad connections value {v:?}"))
@@ -251,6 +256,13 @@ impl FtpStore {
                     )))
                 }
             }
+        }
+        if tls.is_none() && !insecure {
+            return Err(StoreError::BadLocation(
+                "ftp:// sends the password and the backup data in clear over the network: \
+                 use ftps:// (TLS), or add insecure=1 to the URL to accept that"
+                    .into(),
+            ));
         }
         let path = url.path().trim_end_matches('/');
         let root = if path.is_empty() { "/" } else { path }.to_string();

@@ -17,6 +17,8 @@
 //!   lifecycle rule (`AbortIncompleteMultipartUpload`).
 //! - object_store's own retries are off: the [`crate::Limited`] layer retries every backend
 //!   the same way. Memory per operation is bounded by one object (at most a chunk or index).
+//! - An `http://` endpoint sends the signed requests and every object in clear, so it is
+//!   refused unless the URL also says `insecure=1` (loopback included).
 //! - Credentials: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`) or the
 //!   secrets file; never in the URL. Without them the open fails (no instance metadata).
 
@@ -122,8 +124,10 @@ impl S3Store {
         let mut endpoint = None;
         let mut region = "us-east-1".to_string();
         let mut path_style = false;
+        let mut insecure = false;
         for (k, v) in url.query_pairs() {
             match &*k {
+                "insecure" => insecure = matches!(&*v, "1" | "true" | "yes" | "on"),
                 "endpoint" => endpoint = Some(v.to_string()),
                 "region" => region = v.to_string(),
                 "path_style" => path_style = matches!(&*v, "1" | "true" | "yes"),
@@ -134,6 +138,18 @@ impl S3Store {
                     )))
                 }
             }
+        }
+        let cleartext = endpoint.as_deref().is_some_and(|e| {
+            e.get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+        });
+        if cleartext && !insecure {
+            return Err(StoreError::BadLocation(
+                "an http:// S3 endpoint sends the backup data (and the request signatures) in \
+                 clear over the network: use https://, or add insecure=1 to the URL to accept \
+                 that"
+                    .into(),
+            ));
         }
         let s = &opts.secrets;
         let (Some(id), Some(secret)) = (&s.access_key_id, &s.secret_access_key) else {
@@ -167,9 +183,7 @@ impl S3Store {
         }
         let shown_endpoint = match &endpoint {
             Some(ep) => {
-                b = b
-                    .with_endpoint(ep)
-                    .with_allow_http(ep.starts_with("http://"));
+                b = b.with_endpoint(ep).with_allow_http(cleartext);
                 format!("&endpoint={ep}")
             }
             None => String::new(),
@@ -489,6 +503,9 @@ mod tests {
             "s3://bkt/some/prefix?endpoint=http://127.0.0.1:9000&region=eu-west-1&path_style=true",
         )
         .unwrap();
+        let e = S3Store::open(&u, &o).unwrap_err().to_string();
+        assert!(e.contains("in clear") && e.contains("insecure=1"), "{e}");
+        let u = url::Url::parse(&format!("{u}&insecure=1")).unwrap();
         let s = S3Store::open(&u, &o).unwrap();
         assert_eq!(s.bucket(), "bkt");
         assert_eq!(s.prefix, "some/prefix");

@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 success; 1 error; 2 usage error; 3 verify found damage; 4 repository locked.
 
+mod bug;
 mod catalog;
 mod demo;
 mod manage;
@@ -242,7 +243,8 @@ pub(crate) struct RestoreArgs {
     /// Disk index or name; the first disk if not given.
     #[arg(long)]
     disk: Option<String>,
-    /// Where to write: a file (created sparse), a block device, or `-` for stdout.
+    /// Where to write: a file (created sparse), a block device, or `-` for stdout. An
+    /// existing non-empty file or a block device needs --force.
     #[arg(
         long,
         short = 't',
@@ -256,6 +258,10 @@ pub(crate) struct RestoreArgs {
     /// Output format; by default `vmdk` for a target ending in .vmdk, else `raw`.
     #[arg(long, value_enum)]
     format: Option<RestoreFormat>,
+    /// Overwrite an existing non-empty file, or a block device (never a mounted one or one
+    /// smaller than the disk); without it such targets are refused.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     vsphere: VsphereRestoreArgs,
 }
@@ -297,6 +303,10 @@ struct ServeNbdArgs {
     /// Require client certificates signed by this CA (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Serve without TLS on an address that is not loopback: the disk's data crosses the
+    /// network in clear, readable by anyone on it.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args, Debug)]
@@ -356,7 +366,9 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    bug::install_panic_hook();
     let cli = Cli::parse();
+    bug::test_panic();
     init_logging(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -371,7 +383,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ferry: error: {e:#}");
+            eprintln!("ferry: error: {}", output::error_text(&e));
             let locked = e.chain().any(|c| {
                 matches!(
                     c.downcast_ref::<ArchiveError>(),
@@ -470,6 +482,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     } else {
                         RestoreFormat::Raw
                     });
+            let target = Target::for_path(target_arg);
+            ferry_archive::restore::check_target(&target, size, a.force)?;
             if format != RestoreFormat::Raw {
                 let stats = restore_vmdk(&repo, &m, disk, target_arg, format).await?;
                 rep.result(&stats, || {
@@ -486,7 +500,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
                 return Ok(ExitCode::SUCCESS);
             }
-            let target = Target::for_path(target_arg);
             let progress = Arc::new(Progress::default());
             let bar = rep.progress_bar(progress.clone(), "restore", size);
             let started = std::time::Instant::now();
@@ -697,10 +710,22 @@ async fn serve_nbd(repo: Repository, a: &ServeNbdArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {}", p.display()))?
                 .into()
         }
-        None => tokio::net::TcpListener::bind(&a.listen)
-            .await
-            .with_context(|| format!("listening on {}", a.listen))?
-            .into(),
+        None => {
+            let l = tokio::net::TcpListener::bind(&a.listen)
+                .await
+                .with_context(|| format!("listening on {}", a.listen))?;
+            // Checked on the bound address, so a host name that resolves off loopback counts.
+            let ip = l.local_addr().context("the listening address")?.ip();
+            if opts.tls.is_none() && !ip.is_loopback() && !a.insecure {
+                bail!(
+                    "refusing to serve {} without TLS on {ip}: the disk's data would cross the \
+                     network in clear. Give --tls-cert/--tls-key, listen on loopback or a \
+                     --socket (and reach it through an SSH tunnel), or pass --insecure",
+                    a.listen
+                );
+            }
+            l.into()
+        }
     };
     let where_ = match &a.socket {
         Some(p) => format!("nbd+unix:///{}?socket={}", m.disks[disk].name, p.display()),

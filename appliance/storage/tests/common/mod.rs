@@ -195,7 +195,7 @@ impl S3Server {
 
     pub fn url(&self, prefix: &str) -> String {
         format!(
-            "s3://bkt/{prefix}?endpoint=http://127.0.0.1:{}&region=us-east-1&path_style=true",
+            "s3://bkt/{prefix}?endpoint=http://127.0.0.1:{}&region=us-east-1&path_style=true&insecure=1",
             self.proc.port
         )
     }
@@ -610,7 +610,12 @@ impl Ftpd {
     }
 
     pub fn url(&self, scheme: &str, host: &str, path: &str) -> String {
-        format!("{scheme}://{FTP_USER}@{host}:{}{path}", self.proc.port)
+        // Plain FTP must be asked for explicitly.
+        let insecure = if scheme == "ftp" { "?insecure=1" } else { "" };
+        format!(
+            "{scheme}://{FTP_USER}@{host}:{}{path}{insecure}",
+            self.proc.port
+        )
     }
 
     pub fn options(&self) -> StoreOptions {
