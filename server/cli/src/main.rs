@@ -3,7 +3,6 @@
 //!
 //! Exit codes: 0 success; 1 error; 2 usage error; 3 verify found damage; 4 repository locked.
 
-mod bug;
 mod catalog;
 mod demo;
 mod manage;
@@ -243,8 +242,7 @@ pub(crate) struct RestoreArgs {
     /// Disk index or name; the first disk if not given.
     #[arg(long)]
     disk: Option<String>,
-    /// Where to write: a file (created sparse), a block device, or `-` for stdout. An
-    /// existing non-empty file or a block device needs --force.
+    /// Where to write: a file (created sparse), a block device, or `-` for stdout.
     #[arg(
         long,
         short = 't',
@@ -258,10 +256,6 @@ pub(crate) struct RestoreArgs {
     /// Output format; by default `vmdk` for a target ending in .vmdk, else `raw`.
     #[arg(long, value_enum)]
     format: Option<RestoreFormat>,
-    /// Overwrite an existing non-empty file, or a block device (never a mounted one or one
-    /// smaller than the disk); without it such targets are refused.
-    #[arg(long)]
-    force: bool,
     #[command(flatten)]
     vsphere: VsphereRestoreArgs,
 }
@@ -366,9 +360,7 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
-    bug::install_panic_hook();
     let cli = Cli::parse();
-    bug::test_panic();
     init_logging(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -383,7 +375,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ferry: error: {}", output::error_text(&e));
+            eprintln!("ferry: error: {e:#}");
             let locked = e.chain().any(|c| {
                 matches!(
                     c.downcast_ref::<ArchiveError>(),
@@ -482,8 +474,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     } else {
                         RestoreFormat::Raw
                     });
-            let target = Target::for_path(target_arg);
-            ferry_archive::restore::check_target(&target, size, a.force)?;
             if format != RestoreFormat::Raw {
                 let stats = restore_vmdk(&repo, &m, disk, target_arg, format).await?;
                 rep.result(&stats, || {
@@ -500,6 +490,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
                 return Ok(ExitCode::SUCCESS);
             }
+            let target = Target::for_path(target_arg);
             let progress = Arc::new(Progress::default());
             let bar = rep.progress_bar(progress.clone(), "restore", size);
             let started = std::time::Instant::now();
