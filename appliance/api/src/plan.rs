@@ -44,6 +44,9 @@
 //! first certificate seen on the agent and refuse any other later; whoever answers first,
 //! an attacker included, is trusted). Exactly one of the three; a plan with none is refused
 //! by `ferry plan check`, by the management server and by the agent.
+//!
+//! A cleartext destination (`ftp://`, or `s3://` with an `http://` endpoint) is refused
+//! unless its URL says `insecure=1`, as the storage layer refuses it.
 
 use std::collections::BTreeSet;
 
@@ -461,8 +464,25 @@ impl Plan {
                     format!("unsupported scheme {scheme:?} ({})", SCHEMES.join(", ")),
                 ));
             }
-            url::Url::parse(&self.destination.url)
+            let u = url::Url::parse(&self.destination.url)
                 .map_err(|e| err("destination.url", e.to_string()))?;
+            // As ferry-storage refuses them when the job opens the store; said at deploy time.
+            let param = |k: &str| u.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v);
+            let insecure =
+                param("insecure").is_some_and(|v| matches!(&*v, "1" | "true" | "yes" | "on"));
+            let cleartext = scheme == "ftp"
+                || (scheme == "s3"
+                    && param("endpoint").is_some_and(|e| {
+                        e.get(..7)
+                            .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+                    }));
+            if cleartext && !insecure {
+                return Err(err(
+                    "destination.url",
+                    "credentials and backup data would cross the network in clear: use ftps:// \
+                     or an https:// endpoint, or add insecure=1 to the URL to accept that",
+                ));
+            }
         } else if !self.destination.url.starts_with('/') {
             return Err(err("destination.url", "a local path must be absolute"));
         }
@@ -629,6 +649,27 @@ keep_last = 3
             Plan::from_json(&v.to_string()).unwrap_err().field,
             "vcenter"
         );
+    }
+
+    #[test]
+    fn cleartext_destinations_need_insecure() {
+        for url in [
+            "ftp://u@nas/ferry",
+            "s3://b/p?endpoint=http://minio:9000",
+            "s3://b/p?endpoint=HTTP://minio:9000&insecure=0",
+        ] {
+            let e = Plan::from_toml(&GOOD.replace("/srv/backup", url)).unwrap_err();
+            assert_eq!(e.field, "destination.url", "{url}: {e}");
+            assert!(e.message.contains("in clear"), "{url}: {e}");
+        }
+        for url in [
+            "ftp://u@nas/ferry?insecure=1",
+            "s3://b/p?endpoint=http://minio:9000&insecure=1",
+            "s3://b/p?endpoint=https://minio:9000",
+            "ftps://u@nas/ferry",
+        ] {
+            Plan::from_toml(&GOOD.replace("/srv/backup", url)).unwrap();
+        }
     }
 
     #[test]
