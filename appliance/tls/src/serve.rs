@@ -111,9 +111,10 @@ pub struct Peer {
     pub names: Vec<String>,
 }
 
-/// The key a client address is counted under: the address, or its /64 for IPv6 (one host
-/// usually has a whole /64 to pick from).
-fn address_key(ip: IpAddr) -> IpAddr {
+/// The key a client address is counted under by every per-address limit: the address
+/// (also when IPv4-mapped), or its /64 for IPv6 (one host usually has a whole /64 to pick
+/// from).
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -375,6 +376,33 @@ mod tests {
     use super::*;
     use crate::pki::{Ca, Role};
     use crate::trust::{client_config, server_config, ClientAuth, Identity, ServerTrust};
+
+    #[test]
+    fn ipv6_counted_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let y: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let z: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(x), address_key(y));
+        assert_ne!(address_key(x), address_key(z));
+        let m: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(m), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn an_address_gets_its_slots_back() {
+        let t = Arc::new(PerAddress::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let held: Vec<_> = (0..3).filter_map(|_| t.take(a, 3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(t.take(a, 3).is_none());
+        assert!(t.take("192.0.2.2".parse().unwrap(), 3).is_some());
+        drop(held);
+        assert!(t.take(a, 3).is_some());
+        assert!(
+            t.open.lock().unwrap().get(&a).is_none(),
+            "emptied entries are removed"
+        );
+    }
 
     async fn whoami(Extension(p): Extension<Peer>) -> String {
         format!(
