@@ -271,6 +271,16 @@ pub async fn backup(
             why: "no disks given".into(),
         });
     }
+    // Before any lock or index is sized by a disk: a size no vSphere disk can have is a
+    // wrong source (or a lying one), not a disk to allocate an index for.
+    for d in &disks {
+        crate::source::check_disk_size(&d.name, d.source.size()).map_err(|e| {
+            ArchiveError::Source {
+                source_name: d.source.describe(),
+                error: e,
+            }
+        })?;
+    }
     let lock = RepoLock::acquire(
         repo.store().clone(),
         LockKind::Shared,
@@ -376,6 +386,13 @@ async fn run(
     let mut entries = Vec::with_capacity(ctxs.len());
     for (n, ctx) in ctxs.iter().enumerate() {
         let (index, stats) = backup_disk(ctx, chunk_size, opts.concurrency, &shared).await?;
+        ctx.source
+            .finish()
+            .await
+            .map_err(|e| ArchiveError::Source {
+                source_name: ctx.source.describe(),
+                error: e,
+            })?;
         let data = index.encode()?;
         let key = index_key(&id, n);
         let sha = format::digest_hex(&format::digest_of(&data));

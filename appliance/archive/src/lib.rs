@@ -48,11 +48,17 @@ pub use format::{Digest, Index, ZERO_DIGEST};
 pub use point::PointSource;
 pub use progress::Progress;
 pub use repo::{DiskEntry, Manifest, RepoConfig, Repository};
-pub use source::{BlockSource, ChangedExtents, Extent, ExtentKind, FileSource, SourceError};
+pub use source::{
+    BlockSource, ChangedExtents, Extent, ExtentKind, FileSource, SourceError, MAX_DISK_SIZE,
+};
 
 use ferry_storage::StoreError;
 
 /// Errors of the archive engine.
+///
+/// A message carries its cause's text; no variant also returns that cause from `source()`
+/// (except the transparent ones, which are their cause), so a printed chain names each cause
+/// once.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// The storage backend failed.
@@ -63,8 +69,7 @@ pub enum ArchiveError {
     Source {
         /// Which source.
         source_name: String,
-        /// What failed.
-        #[source]
+        /// What failed (shown in the message, so not also returned by `source()`).
         error: SourceError,
     },
     /// There is no repository at the location.
@@ -108,12 +113,20 @@ pub enum ArchiveError {
     #[error("repository is locked: {0}")]
     Locked(String),
     /// Writing the restore target failed.
-    #[error("restore target {target}: {source}")]
+    #[error("restore target {target}: {error}")]
     Target {
         /// Target path.
         target: String,
-        /// Underlying error.
-        source: std::io::Error,
+        /// Underlying error (shown in the message, so not also returned by `source()`).
+        error: std::io::Error,
+    },
+    /// A restore target that Ferry will not overwrite without being told to.
+    #[error("restore target {target}: {why}")]
+    TargetRefused {
+        /// Target path.
+        target: String,
+        /// Why, and what to do.
+        why: String,
     },
     /// A background task failed.
     #[error("internal task failure: {0}")]

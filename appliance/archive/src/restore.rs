@@ -8,7 +8,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,104 @@ impl Target {
             _ => Target::File(p),
         }
     }
+}
+
+/// Checks that restoring a disk of `disk_size` bytes to `target` destroys nothing by
+/// surprise, before anything is written.
+///
+/// A missing or empty file is fine. An existing non-empty file, or any block device, needs
+/// `force`. Refused whatever `force` says: a directory, a character device, FIFO or socket
+/// (use `-` for a stream), a block device that is mounted (or has a mounted partition), and
+/// a block device smaller than the disk.
+pub fn check_target(target: &Target, disk_size: u64, force: bool) -> Result<(), ArchiveError> {
+    let (path, device) = match target {
+        Target::Stdout => return Ok(()),
+        Target::File(p) => (p, false),
+        Target::Device(p) => (p, true),
+    };
+    let refuse = |why: String| ArchiveError::TargetRefused {
+        target: path.display().to_string(),
+        why,
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !device => return Ok(()),
+        Err(e) => return Err(target_err(path, e)),
+    };
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        return Err(refuse(
+            "is a directory: give the path of the image file to create".into(),
+        ));
+    }
+    if ft.is_block_device() {
+        if let Some(what) = mounted_device(meta.rdev()) {
+            return Err(refuse(format!(
+                "is a block device in use ({what} is mounted): unmount it first"
+            )));
+        }
+        let size = device_size(path)?;
+        if size < disk_size {
+            return Err(refuse(format!(
+                "is a block device of {size} bytes, smaller than the {disk_size}-byte disk"
+            )));
+        }
+        if !force {
+            return Err(refuse(
+                "is a block device: everything on it would be overwritten; pass --force to do so"
+                    .into(),
+            ));
+        }
+        return Ok(());
+    }
+    if !ft.is_file() {
+        return Err(refuse(
+            "is not a regular file or block device: give an image path, a block device, or - for standard output"
+                .into(),
+        ));
+    }
+    if meta.len() > 0 && !force {
+        return Err(refuse(format!(
+            "exists and holds {} bytes that would be replaced; pass --force to replace it",
+            meta.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Size of a block device.
+fn device_size(path: &Path) -> Result<u64, ArchiveError> {
+    let f = File::open(path).map_err(|e| target_err(path, e))?;
+    // SAFETY: lseek on a valid, owned descriptor has no memory effects.
+    let end = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_END) };
+    if end < 0 {
+        return Err(target_err(path, std::io::Error::last_os_error()));
+    }
+    Ok(end as u64)
+}
+
+/// The mount point of the device `rdev` or of one of its partitions, if any is mounted.
+fn mounted_device(rdev: u64) -> Option<String> {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let mut devs = vec![format!("{major}:{minor}")];
+    // Partitions of a whole disk are subdirectories of its sysfs node with a `dev` file.
+    if let Ok(dir) = std::fs::read_dir(format!("/sys/dev/block/{major}:{minor}")) {
+        for e in dir.flatten() {
+            if let Ok(d) = std::fs::read_to_string(e.path().join("dev")) {
+                devs.push(d.trim().to_string());
+            }
+        }
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        // mount-id parent-id major:minor root mount-point ...
+        let mut it = l.split_whitespace();
+        let dev = it.nth(2)?;
+        let point = it.nth(1)?;
+        devs.iter()
+            .any(|d| d == dev)
+            .then(|| format!("{dev} on {point}"))
+    })
 }
 
 /// What a restore did.
@@ -151,8 +250,11 @@ async fn restore_locked(
     match target {
         Target::File(path) => restore_file(repo, &index, path, concurrency, &progress).await,
         Target::Device(path) => {
+            // O_EXCL on a block device: the kernel refuses it (EBUSY) while the device or a
+            // partition of it is mounted or otherwise claimed.
             let f = OpenOptions::new()
                 .write(true)
+                .custom_flags(libc::O_EXCL)
                 .open(path)
                 .map_err(|e| target_err(path, e))?;
             let f = Arc::new(f);
@@ -169,7 +271,7 @@ async fn restore_locked(
 fn target_err(path: &Path, e: std::io::Error) -> ArchiveError {
     ArchiveError::Target {
         target: path.display().to_string(),
-        source: e,
+        error: e,
     }
 }
 

@@ -6,23 +6,55 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+/// Largest disk Ferry backs up: vSphere's largest virtual disk, 62 TB (62 TiB).
+pub const MAX_DISK_SIZE: u64 = 62 << 40;
+
 /// Errors of a block source.
+///
+/// Each variant's message carries its cause's text and does not also return the cause from
+/// `source()`, so a printed chain names every cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// An I/O error on the source.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being read.
         what: String,
         /// Underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// The path is not something that holds a disk (a directory, a character device, ...).
+    #[error("{path} is {kind}, not a disk: give a raw image file, a block device, a .vmdk file or an NBD URI")]
+    NotADisk {
+        /// The path given.
+        path: String,
+        /// What it is ("a directory", "a FIFO", ...).
+        kind: &'static str,
+    },
+    /// The disk is larger than any disk vSphere allows.
+    #[error("{what} is {size} bytes, larger than the largest disk Ferry backs up ({MAX_DISK_SIZE} bytes, 62 TiB)")]
+    TooLarge {
+        /// Which disk.
+        what: String,
+        /// Its size.
+        size: u64,
+    },
+    /// The source got shorter while it was being read.
+    #[error("{what} shrank from {expected} to {found} bytes during the backup: the restore point would be incomplete; back up a snapshot or a disk nobody writes to")]
+    Shrank {
+        /// Which source.
+        what: String,
+        /// Size when the backup started.
+        expected: u64,
+        /// Size now.
+        found: u64,
     },
     /// A read or query outside the disk.
     #[error("read of {len} bytes at {offset} is past the end of a {size}-byte disk")]
@@ -141,6 +173,41 @@ pub trait BlockSource: Send + Sync {
 
     /// Fills `buf` (its whole length) from `offset`. Reads past the end are errors.
     async fn read_at(&self, offset: u64, buf: Vec<u8>) -> Result<Vec<u8>, SourceError>;
+
+    /// Called once every chunk was read: fails when the source changed shape meanwhile (a
+    /// file truncated during the backup), so that no short restore point is committed.
+    async fn finish(&self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// Refuses a disk size above [`MAX_DISK_SIZE`]; every transport's size passes here before
+/// the engine sizes anything by it.
+pub fn check_disk_size(what: &str, size: u64) -> Result<(), SourceError> {
+    if size > MAX_DISK_SIZE {
+        return Err(SourceError::TooLarge {
+            what: what.to_string(),
+            size,
+        });
+    }
+    Ok(())
+}
+
+/// What a file type is, for messages; `None` for a regular file or block device.
+fn not_a_disk(ft: std::fs::FileType) -> Option<&'static str> {
+    if ft.is_file() || ft.is_block_device() {
+        None
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_char_device() {
+        Some("a character device")
+    } else if ft.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file or block device")
+    }
 }
 
 /// A local raw disk image or block device. Holes come from `SEEK_DATA`/`SEEK_HOLE`.
@@ -153,14 +220,33 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    /// Opens a raw image or block device read-only.
+    /// Opens a raw image or block device read-only. Anything else (a directory, a character
+    /// device such as /dev/zero, a FIFO, a socket) and disks above [`MAX_DISK_SIZE`] are
+    /// refused before anything is sized by them.
     pub fn open(path: &Path) -> Result<Self, SourceError> {
         let io = |e| SourceError::Io {
             what: format!("open {}", path.display()),
-            source: e,
+            error: e,
         };
-        let file = File::open(path).map_err(io)?;
+        let refuse = |kind| SourceError::NotADisk {
+            path: path.display().to_string(),
+            kind,
+        };
+        // Checked before opening: opening a FIFO for reading would wait for a writer.
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if let Some(kind) = not_a_disk(meta.file_type()) {
+            return Err(refuse(kind));
+        }
+        // O_NONBLOCK in case the path was swapped for a FIFO since; no effect on files.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io)?;
         let meta = file.metadata().map_err(io)?;
+        if let Some(kind) = not_a_disk(meta.file_type()) {
+            return Err(refuse(kind));
+        }
         let (size, seek_holes) = if meta.is_file() {
             (meta.len(), true)
         } else {
@@ -174,12 +260,36 @@ impl FileSource {
             }
             (end as u64, false)
         };
+        check_disk_size(&path.display().to_string(), size)?;
         Ok(FileSource {
             file: Arc::new(file),
             path: path.to_path_buf(),
             size,
             seek_holes,
         })
+    }
+
+    /// Fails when the file is now shorter than when it was opened.
+    fn check_size(&self) -> Result<(), SourceError> {
+        if !self.seek_holes {
+            return Ok(());
+        }
+        let found = self
+            .file
+            .metadata()
+            .map_err(|e| SourceError::Io {
+                what: format!("stat {}", self.path.display()),
+                error: e,
+            })?
+            .len();
+        if found < self.size {
+            return Err(SourceError::Shrank {
+                what: self.path.display().to_string(),
+                expected: self.size,
+                found,
+            });
+        }
+        Ok(())
     }
 
     fn lseek(&self, off: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
@@ -255,10 +365,13 @@ impl BlockSource for FileSource {
         }
         let this = self.clone();
         let what = format!("allocation map of {}", self.path.display());
-        tokio::task::spawn_blocking(move || this.allocation_blocking(offset, len))
+        let alloc = tokio::task::spawn_blocking(move || this.allocation_blocking(offset, len))
             .await
             .map_err(|e| SourceError::Transport(e.to_string().into()))?
-            .map_err(|e| SourceError::Io { what, source: e })
+            .map_err(|e| SourceError::Io { what, error: e })?;
+        // A truncated file reads as a hole past its new end: that must not become zeros.
+        self.check_size()?;
+        Ok(alloc)
     }
 
     async fn read_at(&self, offset: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, SourceError> {
@@ -272,10 +385,22 @@ impl BlockSource for FileSource {
         }
         let file = self.file.clone();
         let what = format!("read {} at {offset}", self.path.display());
-        tokio::task::spawn_blocking(move || file.read_exact_at(&mut buf, offset).map(|()| buf))
-            .await
-            .map_err(|e| SourceError::Transport(e.to_string().into()))?
-            .map_err(|e| SourceError::Io { what, source: e })
+        let res =
+            tokio::task::spawn_blocking(move || file.read_exact_at(&mut buf, offset).map(|()| buf))
+                .await
+                .map_err(|e| SourceError::Transport(e.to_string().into()))?;
+        match res {
+            Ok(buf) => Ok(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                self.check_size()?;
+                Err(SourceError::Io { what, error: e })
+            }
+            Err(e) => Err(SourceError::Io { what, error: e }),
+        }
+    }
+
+    async fn finish(&self) -> Result<(), SourceError> {
+        self.check_size()
     }
 }
 
@@ -297,6 +422,51 @@ mod tests {
         assert_eq!(p.ranges(), &[0..5, 10..30]);
         assert!(ChangedExtents::parse_text("1").is_err());
         assert!(ChangedExtents::parse_text("18446744073709551615 2").is_err());
+    }
+
+    #[test]
+    fn only_files_and_block_devices_are_disks() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        for (path, kind) in [
+            (dir.path().to_path_buf(), "a directory"),
+            (PathBuf::from("/dev/zero"), "a character device"),
+        ] {
+            let e = FileSource::open(&path).unwrap_err();
+            assert!(
+                matches!(e, SourceError::NotADisk { kind: k, .. } if k == kind),
+                "{e}"
+            );
+        }
+        // The cause is in the message once, and not returned again from source().
+        let e = FileSource::open(&dir.path().join("gone")).unwrap_err();
+        assert_eq!(e.to_string().matches("No such file").count(), 1, "{e}");
+        assert!(e.source().is_none());
+        assert!(check_disk_size("d", MAX_DISK_SIZE).is_ok());
+        assert!(matches!(
+            check_disk_size("d", MAX_DISK_SIZE + 1),
+            Err(SourceError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_shrinks_is_an_error_not_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.raw");
+        let f = File::create(&p).unwrap();
+        f.write_all_at(&[7u8; 1 << 20], 0).unwrap();
+        f.set_len(8 << 20).unwrap();
+        let s = FileSource::open(&p).unwrap();
+        s.finish().await.unwrap();
+        f.set_len(1 << 20).unwrap();
+        let e = s.allocation(0, 8 << 20).await.unwrap_err();
+        assert!(
+            matches!(e, SourceError::Shrank { found, .. } if found == 1 << 20),
+            "{e}"
+        );
+        let e = s.read_at(4 << 20, vec![0; 4096]).await.unwrap_err();
+        assert!(matches!(e, SourceError::Shrank { .. }), "{e}");
+        assert!(s.finish().await.is_err());
     }
 
     #[tokio::test]

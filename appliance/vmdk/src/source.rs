@@ -39,7 +39,10 @@ fn to_source(e: VmdkError) -> SourceError {
         VmdkError::OutOfRange { offset, len, size } => {
             SourceError::OutOfRange { offset, len, size }
         }
-        VmdkError::Io { what, source } => SourceError::Io { what, source },
+        VmdkError::Io { what, source } => SourceError::Io {
+            what,
+            error: source,
+        },
         e => SourceError::Transport(Box::new(e)),
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 success; 1 error; 2 usage error; 3 verify found damage; 4 repository locked.
 
+mod bug;
 mod catalog;
 mod demo;
 mod manage;
@@ -242,7 +243,8 @@ pub(crate) struct RestoreArgs {
     /// Disk index or name; the first disk if not given.
     #[arg(long)]
     disk: Option<String>,
-    /// Where to write: a file (created sparse), a block device, or `-` for stdout.
+    /// Where to write: a file (created sparse), a block device, or `-` for stdout. An
+    /// existing non-empty file or a block device needs --force.
     #[arg(
         long,
         short = 't',
@@ -256,6 +258,10 @@ pub(crate) struct RestoreArgs {
     /// Output format; by default `vmdk` for a target ending in .vmdk, else `raw`.
     #[arg(long, value_enum)]
     format: Option<RestoreFormat>,
+    /// Overwrite an existing non-empty file, or a block device (never a mounted one or one
+    /// smaller than the disk); without it such targets are refused.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     vsphere: VsphereRestoreArgs,
 }
@@ -360,7 +366,9 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    bug::install_panic_hook();
     let cli = Cli::parse();
+    bug::test_panic();
     init_logging(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -375,7 +383,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ferry: error: {e:#}");
+            eprintln!("ferry: error: {}", output::error_text(&e));
             let locked = e.chain().any(|c| {
                 matches!(
                     c.downcast_ref::<ArchiveError>(),
@@ -474,6 +482,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     } else {
                         RestoreFormat::Raw
                     });
+            let target = Target::for_path(target_arg);
+            ferry_archive::restore::check_target(&target, size, a.force)?;
             if format != RestoreFormat::Raw {
                 let stats = restore_vmdk(&repo, &m, disk, target_arg, format).await?;
                 rep.result(&stats, || {
@@ -490,7 +500,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
                 return Ok(ExitCode::SUCCESS);
             }
-            let target = Target::for_path(target_arg);
             let progress = Arc::new(Progress::default());
             let bar = rep.progress_bar(progress.clone(), "restore", size);
             let started = std::time::Instant::now();

@@ -367,3 +367,21 @@ pub async fn repo_stats(repo: &Repository) -> anyhow::Result<RepoStats> {
         locks: locks.len(),
     })
 }
+
+/// An error and its causes on one line, outermost first, each cause once: a cause whose
+/// text the message already ends with (an error that both shows its cause and returns it
+/// from `source()`) is not repeated.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}

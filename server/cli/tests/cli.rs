@@ -218,9 +218,16 @@ fn backup_restore_verify_prune_gc_with_json() {
     );
     let g: serde_json::Value = serde_json::from_str(&ok(&ferry(&repo, &["--json", "gc"]))).unwrap();
     assert!(g["removed_chunks"].as_u64().unwrap() > 0);
+    // The earlier restore is there: replacing it takes --force.
     ok(&ferry(
         &repo,
-        &["restore", "latest", "--target", out.to_str().unwrap()],
+        &[
+            "restore",
+            "latest",
+            "--force",
+            "--target",
+            out.to_str().unwrap(),
+        ],
     ));
     assert_eq!(sha(&out), sha(&changed));
     let stats = ok(&ferry(&repo, &["repo", "stats"]));
