@@ -91,13 +91,12 @@ pub enum ProtocolError {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NbdError {
     /// A socket error.
-    #[error("{during}: {source}")]
+    #[error("{during}: {error}")]
     Io {
         /// What was happening.
         during: &'static str,
-        /// Underlying error.
-        #[source]
-        source: Arc<std::io::Error>,
+        /// Underlying error (in the message, so not also returned by `source()`).
+        error: Arc<std::io::Error>,
     },
     /// The peer closed the connection.
     #[error("{during}: connection closed by peer")]
@@ -115,7 +114,7 @@ pub enum NbdError {
     },
     /// The peer broke the protocol.
     #[error("protocol error: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
     /// The server refused an option during the handshake.
     #[error("server refused {option}: {reply} {message}")]
     Refused {
@@ -171,6 +170,14 @@ pub enum NbdError {
     Archive(String),
 }
 
+// By hand rather than `#[from]`, which would also return the error from `source()` while
+// the message already shows it.
+impl From<ProtocolError> for NbdError {
+    fn from(e: ProtocolError) -> Self {
+        NbdError::Protocol(e)
+    }
+}
+
 impl NbdError {
     pub(crate) fn io(during: &'static str, e: std::io::Error) -> Self {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -178,7 +185,7 @@ impl NbdError {
         } else {
             NbdError::Io {
                 during,
-                source: Arc::new(e),
+                error: Arc::new(e),
             }
         }
     }

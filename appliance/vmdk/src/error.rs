@@ -4,12 +4,12 @@
 #[derive(Debug, thiserror::Error)]
 pub enum VmdkError {
     /// An I/O error on a file of the disk.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being done.
         what: String,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The text descriptor is malformed.
     #[error("descriptor {file}, line {line}: {msg}")]
@@ -84,10 +84,10 @@ pub enum VmdkError {
 }
 
 impl VmdkError {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, error: std::io::Error) -> Self {
         VmdkError::Io {
             what: what.into(),
-            source,
+            error,
         }
     }
     pub(crate) fn corrupt(file: &str, msg: impl Into<String>) -> Self {

@@ -39,10 +39,7 @@ fn to_source(e: VmdkError) -> SourceError {
         VmdkError::OutOfRange { offset, len, size } => {
             SourceError::OutOfRange { offset, len, size }
         }
-        VmdkError::Io { what, source } => SourceError::Io {
-            what,
-            error: source,
-        },
+        VmdkError::Io { what, error } => SourceError::Io { what, error },
         e => SourceError::Transport(Box::new(e)),
     }
 }
