@@ -49,6 +49,11 @@ enum Conn {
     Tls(AsyncRustlsFtpStream),
 }
 
+/// Directories one `list` may walk before it gives up on the server.
+const MAX_LIST_DIRS: usize = 100_000;
+/// How deep `list` descends below the listed directory (a repository needs two).
+const MAX_LIST_DEPTH: usize = 4;
+
 /// Runs the same code on either connection type.
 macro_rules! on {
     ($conn:expr, $f:ident => $body:expr) => {
@@ -573,8 +578,21 @@ impl Store for FtpStore {
         self.with(move |c| {
             Box::pin(async move {
                 let mut out = Vec::new();
-                let mut stack = vec![dir];
-                while let Some(rel) = stack.pop() {
+                let mut stack = vec![(dir, 0usize)];
+                let mut dirs = 0usize;
+                while let Some((rel, depth)) = stack.pop() {
+                    // A hostile server could list directories forever: a repository is
+                    // at most three levels deep, and has far fewer directories than this.
+                    dirs += 1;
+                    if dirs > MAX_LIST_DIRS {
+                        return Err(StoreError::Remote {
+                            op: "list",
+                            key: prefix.clone(),
+                            detail: format!(
+                                "the server listed more than {MAX_LIST_DIRS} directories"
+                            ),
+                        });
+                    }
                     let abs = if rel.is_empty() {
                         root.clone()
                     } else if root == "/" {
@@ -602,8 +620,15 @@ impl Store for FtpStore {
                         } else {
                             format!("{rel}/{name}")
                         };
+                        // A name the server made up ("../x", "a/b", NUL) is no object of
+                        // ours: skip it rather than hand it to the archive.
+                        if validate_key(&key).is_err() {
+                            continue;
+                        }
                         if file.is_directory() {
-                            stack.push(key);
+                            if depth < MAX_LIST_DEPTH {
+                                stack.push((key, depth + 1));
+                            }
                         } else if file.is_file() && key.starts_with(&prefix) {
                             out.push(ObjectInfo {
                                 key,
