@@ -4,11 +4,11 @@
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// An I/O error, with what was being done.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         what: String,
-        #[source]
-        source: std::io::Error,
+        /// Shown in the message, so not also returned by `source()`.
+        error: std::io::Error,
     },
     /// The EFI stub is not a PE image we can extend.
     #[error("PE image: {0}")]
@@ -21,7 +21,15 @@ pub enum ImageError {
     Template(String),
     /// The VMDK writer failed.
     #[error("VMDK: {0}")]
-    Vmdk(#[from] ferry_vmdk::VmdkError),
+    Vmdk(ferry_vmdk::VmdkError),
+}
+
+// By hand rather than `#[from]`, which would also return the error from `source()` while
+// the message already shows it.
+impl From<ferry_vmdk::VmdkError> for ImageError {
+    fn from(e: ferry_vmdk::VmdkError) -> Self {
+        ImageError::Vmdk(e)
+    }
 }
 
 /// Result alias of this crate.
@@ -30,5 +38,5 @@ pub type Result<T> = std::result::Result<T, ImageError>;
 /// Wraps an I/O error with what was being done.
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
     let what = what.into();
-    move |source| ImageError::Io { what, source }
+    move |error| ImageError::Io { what, error }
 }

@@ -74,7 +74,7 @@ pub fn write(out: &Path, files: &[(&str, &Path)], mtime: u64) -> Result<()> {
     w.into_inner()
         .map_err(|e| ImageError::Io {
             what: "flush the OVA".into(),
-            source: e.into_error(),
+            error: e.into_error(),
         })?
         .sync_all()
         .map_err(io("sync the OVA"))?;
