@@ -4,6 +4,11 @@
 //! truncated TLS handshake. Each attack must fail while an admin (mTLS, from another
 //! loopback address) is still served. The timeouts are shortened through the server's
 //! environment so the bounded waits below stay short; the waits are limits, not timings.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
 
 mod common;
 
