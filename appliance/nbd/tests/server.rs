@@ -498,7 +498,11 @@ async fn a_connection_flood_is_capped_and_served_clients_keep_reading() {
     for _ in 0..50 {
         let u = u.clone();
         let out = tokio::task::spawn_blocking(move || {
-            Command::new("nbdinfo").arg("--size").arg(&u).output().unwrap()
+            Command::new("nbdinfo")
+                .arg("--size")
+                .arg(&u)
+                .output()
+                .unwrap()
         })
         .await
         .unwrap();
