@@ -55,7 +55,7 @@ impl Credentials {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| VsphereError::Io {
             what: format!("reading credentials from {}", path.display()),
-            source: e,
+            error: e,
         })?;
         let mut lines = text.lines();
         match (lines.next(), lines.next()) {
@@ -162,7 +162,7 @@ impl ServiceContent {
 pub(crate) fn shape(what: &str, why: &str) -> VsphereError {
     VsphereError::Xml {
         what: what.to_string(),
-        source: xml::XmlError::Shape(why.to_string()),
+        error: xml::XmlError::Shape(why.to_string()),
     }
 }
 
@@ -401,7 +401,7 @@ fn map_http(inner: &Inner, what: &str, e: reqwest::Error) -> VsphereError {
     }
     VsphereError::Http {
         what: what.to_string(),
-        source: e.without_url(),
+        error: e.without_url(),
     }
 }
 
@@ -473,7 +473,7 @@ async fn raw_call(inner: &Inner, method: &str, params: &str) -> Result<Node> {
         Err(e) => {
             return Err(VsphereError::Xml {
                 what: method.to_string(),
-                source: e,
+                error: e,
             })
         }
     };

@@ -68,13 +68,13 @@ pub enum VsphereError {
     #[error("TLS setup: {0}")]
     Tls(String),
     /// Transport failure (connection refused or dropped, timeout).
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", chain(.error))]
     Http {
         /// What was being done.
         what: String,
-        /// Underlying error.
-        #[source]
-        source: reqwest::Error,
+        /// Underlying error; the message shows it with its causes, so it is not also
+        /// returned from `source()`.
+        error: reqwest::Error,
     },
     /// An unexpected HTTP status.
     #[error("{what}: HTTP status {status}")]
@@ -93,13 +93,12 @@ pub enum VsphereError {
         limit: usize,
     },
     /// A response that is not valid or not the expected shape.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Xml {
         /// What was being parsed.
         what: String,
-        /// The parse error.
-        #[source]
-        source: XmlError,
+        /// The parse error (in the message, so not also returned by `source()`).
+        error: XmlError,
     },
     /// A vAPI (REST) answer that is not the expected shape.
     #[error("{what}: {message}")]
@@ -126,13 +125,12 @@ pub enum VsphereError {
     #[error("{0}")]
     Invalid(String),
     /// Local I/O (credential or thumbprint files).
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being done.
         what: String,
-        /// Underlying error.
-        #[source]
-        source: std::io::Error,
+        /// Underlying error (in the message, so not also returned by `source()`).
+        error: std::io::Error,
     },
     /// The backup engine or repository failed.
     #[error(transparent)]
@@ -169,3 +167,19 @@ impl VsphereError {
 
 /// Result alias.
 pub type Result<T, E = VsphereError> = std::result::Result<T, E>;
+
+/// An error and its causes, each once (reqwest's message leaves out the cause, such as
+/// "connection refused").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = c.source();
+    }
+    out
+}

@@ -87,7 +87,7 @@ pub fn fault_kind(ty: &str, detail: Option<&Node>) -> FaultKind {
 pub fn decode_response(method: &str, doc: &Node) -> Result<Node, VsphereError> {
     let shape = |why: &str| VsphereError::Xml {
         what: method.to_string(),
-        source: xml::XmlError::Shape(why.to_string()),
+        error: xml::XmlError::Shape(why.to_string()),
     };
     if doc.name != "Envelope" {
         return Err(shape("not a SOAP envelope"));

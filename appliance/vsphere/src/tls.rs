@@ -156,7 +156,7 @@ pub(crate) fn client_config(
         Trust::CaBundle(p) => {
             let pem = std::fs::read(p).map_err(|e| VsphereError::Io {
                 what: format!("reading CA bundle {}", p.display()),
-                source: e,
+                error: e,
             })?;
             return Ok((ca(&pem, &p.display().to_string())?, None));
         }
@@ -191,7 +191,7 @@ fn read_tofu(f: &Path) -> Result<Option<[u8; 32]>, VsphereError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(VsphereError::Io {
             what: format!("reading pinned thumbprint {}", f.display()),
-            source: e,
+            error: e,
         }),
     }
 }
