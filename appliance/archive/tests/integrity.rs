@@ -142,7 +142,7 @@ impl FillingStore {
         if left == 0 {
             return Err(StoreError::NoSpace {
                 key: key.into(),
-                source: std::io::Error::from_raw_os_error(28),
+                error: std::io::Error::from_raw_os_error(28),
             });
         }
         self.budget.store(left - 1, Ordering::SeqCst);

@@ -106,7 +106,7 @@ fn ftp_err(op: &'static str, key: &str, e: FtpError) -> StoreError {
                 },
                 452 | 552 => StoreError::NoSpace {
                     key: key.to_string(),
-                    source: std::io::Error::other(detail),
+                    error: std::io::Error::other(detail),
                 },
                 530 | 532 => StoreError::Auth {
                     location: key.to_string(),

@@ -97,30 +97,30 @@ pub enum StoreError {
     #[error("invalid object key {0:?}")]
     InvalidKey(String),
     /// The storage has no space left.
-    #[error("storage is full while writing {key}: {source}")]
+    #[error("storage is full while writing {key}: {error}")]
     NoSpace {
         /// Key being written.
         key: String,
-        /// Underlying error.
-        source: std::io::Error,
+        /// Underlying error (in the message, so not also returned by `source()`).
+        error: std::io::Error,
     },
     /// The storage refused access.
-    #[error("permission denied on {key}: {source}")]
+    #[error("permission denied on {key}: {error}")]
     PermissionDenied {
         /// Key being accessed.
         key: String,
-        /// Underlying error.
-        source: std::io::Error,
+        /// Underlying error (in the message, so not also returned by `source()`).
+        error: std::io::Error,
     },
     /// Any other I/O error, with the operation and key that failed.
-    #[error("{op} {key}: {source}")]
+    #[error("{op} {key}: {error}")]
     Io {
         /// What was being done.
         op: &'static str,
         /// Key or path.
         key: String,
-        /// Underlying error.
-        source: std::io::Error,
+        /// Underlying error (in the message, so not also returned by `source()`).
+        error: std::io::Error,
     },
     /// The storage URL is malformed or names an unsupported scheme.
     #[error("unsupported or malformed storage location {0:?}")]
@@ -181,24 +181,24 @@ impl StoreError {
             std::io::ErrorKind::NotFound => StoreError::NotFound(key.to_string()),
             std::io::ErrorKind::PermissionDenied => StoreError::PermissionDenied {
                 key: key.to_string(),
-                source,
+                error: source,
             },
             std::io::ErrorKind::StorageFull => StoreError::NoSpace {
                 key: key.to_string(),
-                source,
+                error: source,
             },
             _ if source.raw_os_error() == Some(libc::ENOSPC)
                 || source.raw_os_error() == Some(libc::EDQUOT) =>
             {
                 StoreError::NoSpace {
                     key: key.to_string(),
-                    source,
+                    error: source,
                 }
             }
             _ => StoreError::Io {
                 op,
                 key: key.to_string(),
-                source,
+                error: source,
             },
         }
     }
@@ -213,7 +213,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Transient { .. } => true,
-            StoreError::Io { source, .. } => matches!(
+            StoreError::Io { error: source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::ConnectionAborted

@@ -103,7 +103,7 @@ impl<B: Backend> Limited<B> {
                 let _permit = self.permits.acquire().await.map_err(|_| StoreError::Io {
                     op,
                     key: key.to_string(),
-                    source: std::io::Error::other("store closed"),
+                    error: std::io::Error::other("store closed"),
                 })?;
                 match tokio::time::timeout(self.op_timeout, f()).await {
                     Ok(r) => r,
@@ -320,7 +320,7 @@ mod tests {
                 return Err(StoreError::Io {
                     op: "test",
                     key: String::new(),
-                    source: std::io::ErrorKind::ConnectionReset.into(),
+                    error: std::io::ErrorKind::ConnectionReset.into(),
                 });
             }
             Ok(())
@@ -354,7 +354,7 @@ mod tests {
             if self.no_delete {
                 return Err(StoreError::PermissionDenied {
                     key: key.into(),
-                    source: std::io::ErrorKind::PermissionDenied.into(),
+                    error: std::io::ErrorKind::PermissionDenied.into(),
                 });
             }
             self.local.delete(key).await

@@ -314,7 +314,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Io {
             op: "background task",
             key: String::new(),
-            source: std::io::Error::other(e.to_string()),
+            error: std::io::Error::other(e.to_string()),
         })?
 }
 

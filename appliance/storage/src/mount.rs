@@ -477,21 +477,24 @@ impl Drop for MountedStore {
 /// and tries again instead of failing the backup.
 fn net<T>(r: Result<T, StoreError>) -> Result<T, StoreError> {
     r.map_err(|e| match e {
-        StoreError::Io { op, key, source }
-            if matches!(
-                source.raw_os_error().map(Errno::from_raw),
-                Some(
-                    Errno::EAGAIN
-                        | Errno::EHOSTDOWN
-                        | Errno::EHOSTUNREACH
-                        | Errno::ENETUNREACH
-                        | Errno::ETIMEDOUT
-                        | Errno::ECONNRESET
-                        | Errno::ECONNABORTED
-                        | Errno::ECONNREFUSED
-                        | Errno::ENOTCONN
-                )
-            ) =>
+        StoreError::Io {
+            op,
+            key,
+            error: source,
+        } if matches!(
+            source.raw_os_error().map(Errno::from_raw),
+            Some(
+                Errno::EAGAIN
+                    | Errno::EHOSTDOWN
+                    | Errno::EHOSTUNREACH
+                    | Errno::ENETUNREACH
+                    | Errno::ETIMEDOUT
+                    | Errno::ECONNRESET
+                    | Errno::ECONNABORTED
+                    | Errno::ECONNREFUSED
+                    | Errno::ENOTCONN
+            )
+        ) =>
         {
             StoreError::Transient {
                 op,
@@ -636,7 +639,7 @@ mod tests {
             Err(StoreError::Io {
                 op: "write",
                 key: "k".into(),
-                source: std::io::Error::from_raw_os_error(errno as i32),
+                error: std::io::Error::from_raw_os_error(errno as i32),
             })
         };
         assert!(net(io(Errno::EAGAIN)).unwrap_err().is_transient());

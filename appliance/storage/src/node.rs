@@ -220,11 +220,11 @@ impl NodeStore {
             404 => StoreError::NotFound(key.to_string()),
             507 => StoreError::NoSpace {
                 key: key.to_string(),
-                source: std::io::Error::other(detail),
+                error: std::io::Error::other(detail),
             },
             403 => StoreError::PermissionDenied {
                 key: key.to_string(),
-                source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, detail),
+                error: std::io::Error::new(std::io::ErrorKind::PermissionDenied, detail),
             },
             408 | 429 | 500..=599 => StoreError::Transient {
                 op,

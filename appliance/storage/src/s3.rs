@@ -317,7 +317,7 @@ fn map_err(op: &'static str, key: &str, e: object_store::Error) -> StoreError {
         object_store::Error::NotFound { .. } => StoreError::NotFound(key.to_string()),
         object_store::Error::PermissionDenied { source, .. } => StoreError::PermissionDenied {
             key: key.to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, source.to_string()),
+            error: std::io::Error::new(std::io::ErrorKind::PermissionDenied, source.to_string()),
         },
         object_store::Error::Unauthenticated { source, .. } => StoreError::Auth {
             location: "the S3 endpoint".to_string(),
@@ -348,13 +348,13 @@ fn map_err(op: &'static str, key: &str, e: object_store::Error) -> StoreError {
                 },
                 Some(507) => StoreError::NoSpace {
                     key: key.to_string(),
-                    source: std::io::Error::other(detail),
+                    error: std::io::Error::other(detail),
                 },
                 Some(_) => {
                     if detail.contains("EntityTooLarge") || detail.contains("QuotaExceeded") {
                         StoreError::NoSpace {
                             key: key.to_string(),
-                            source: std::io::Error::other(detail),
+                            error: std::io::Error::other(detail),
                         }
                     } else {
                         StoreError::Remote {

@@ -173,7 +173,7 @@ fn sftp_err(op: &'static str, key: &str, e: SftpError) -> StoreError {
             StatusCode::NoSuchFile => StoreError::NotFound(key.to_string()),
             StatusCode::PermissionDenied => StoreError::PermissionDenied {
                 key: key.to_string(),
-                source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, s.error_message),
+                error: std::io::Error::new(std::io::ErrorKind::PermissionDenied, s.error_message),
             },
             StatusCode::ConnectionLost | StatusCode::NoConnection => StoreError::Transient {
                 op,
@@ -535,7 +535,7 @@ impl SftpStore {
             if free < len as u64 {
                 return StoreError::NoSpace {
                     key: key.to_string(),
-                    source: std::io::Error::other(format!("{e} (no space left on the server)")),
+                    error: std::io::Error::other(format!("{e} (no space left on the server)")),
                 };
             }
         }
