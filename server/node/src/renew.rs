@@ -73,25 +73,14 @@ async fn renew_if_due(node: &Node) -> Result<Option<String>, NodeError> {
     let ca = read(&ca_path)?;
     let client = crate::revocation::mgmt_client(&node.state_dir)?;
     let csr_pem = ferry_tls::pki::csr_for_key_pem(&key, "ferry node")?;
-    let r = client
-        .post(format!("{base}/v1/agent/renew"))
-        .json(&RenewRequest { csr_pem })
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| NodeError::Io(format!("cannot reach {base}: {e}")))?;
-    let status = r.status();
-    if !status.is_success() {
-        let text = r.text().await.unwrap_or_default();
-        return Err(NodeError::Invalid(format!(
-            "{base} answered {status}: {}",
-            text.chars().take(200).collect::<String>()
-        )));
-    }
-    let resp: RenewResponse = r
-        .json()
-        .await
-        .map_err(|e| NodeError::Invalid(format!("renewal answer: {e}")))?;
+    let resp: RenewResponse = crate::revocation::mgmt_call(
+        client
+            .post(format!("{base}/v1/agent/renew"))
+            .json(&RenewRequest { csr_pem }),
+        &base,
+        "renewal answer",
+    )
+    .await?;
     // Same names as the certificate it replaces, and for this node's key.
     let names = |pem: &str| -> Result<Vec<String>, NodeError> {
         Ok(ferry_tls::certs_from_pem(pem)?

@@ -52,14 +52,14 @@ pub fn mgmt_client(state: &Path) -> Result<reqwest::Client, NodeError> {
     Ok(ferry_tls::http_client(cfg)?)
 }
 
-/// Fetches the list once and installs it.
-pub async fn fetch(
-    node: &Node,
-    client: &reqwest::Client,
+/// Sends one request to the management server at `base` and decodes its JSON answer
+/// (`what` it is, for errors); a refusal quotes the start of the server's text.
+pub(crate) async fn mgmt_call<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
     base: &str,
-) -> Result<RevocationState, NodeError> {
-    let r = client
-        .get(format!("{base}/v1/agent/revocations"))
+    what: &str,
+) -> Result<T, NodeError> {
+    let r = req
         .timeout(Duration::from_secs(30))
         .send()
         .await
@@ -72,10 +72,23 @@ pub async fn fetch(
             text.chars().take(200).collect::<String>()
         )));
     }
-    let l: SignedRevocations = r
-        .json()
+    r.json()
         .await
-        .map_err(|e| NodeError::Invalid(format!("revocation list from {base}: {e}")))?;
+        .map_err(|e| NodeError::Invalid(format!("{what} from {base}: {e}")))
+}
+
+/// Fetches the list once and installs it.
+pub async fn fetch(
+    node: &Node,
+    client: &reqwest::Client,
+    base: &str,
+) -> Result<RevocationState, NodeError> {
+    let l: SignedRevocations = mgmt_call(
+        client.get(format!("{base}/v1/agent/revocations")),
+        base,
+        "revocation list",
+    )
+    .await?;
     node.revoked
         .install(l)
         .map_err(|e| NodeError::Invalid(format!("revocation list from {base} refused: {e}")))
