@@ -7,6 +7,7 @@
 # The agent runs with the appliance's open-file limit (1024), as under ferry-init.
 #
 #   tests/bench/flood.sh [CONNECTIONS] [WORKDIR]     (defaults: 1000, ./bench-out/flood)
+#   FERRY_BIN_DIR=target/debug tests/bench/flood.sh  (binaries already built)
 #
 # Needs: curl, python3 (both in Debian 12's base set).
 set -euo pipefail
@@ -15,8 +16,13 @@ W=${2:-bench-out/flood}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 for t in curl python3; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }; done
-cargo build --release -q -p ferry-cli -p ferry-agent
-BIN=$ROOT/target/release
+# FERRY_BIN_DIR: use the ferry and ferry-agent binaries there instead of a release build.
+if [ -n "${FERRY_BIN_DIR:-}" ]; then
+  BIN=$(cd "$FERRY_BIN_DIR" && pwd)
+else
+  cargo build --release -q -p ferry-cli -p ferry-agent
+  BIN=$ROOT/target/release
+fi
 rm -rf "$W"; mkdir -p "$W"; W=$(cd "$W" && pwd)
 . "$ROOT/tests/bench/lib.sh"
 
